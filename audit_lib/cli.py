@@ -1,0 +1,204 @@
+"""The ``encoder-audit`` command.
+
+Each command is one transaction over the evidence store; a refused input exits non-zero
+with a message naming the problem, and nothing is written. Heavy libraries (torch,
+open_clip, airflow) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Audit pre-trained image encoders and keep the evidence.")
+db_app = typer.Typer(no_args_is_help=True, help="The evidence store.")
+subjects_app = typer.Typer(no_args_is_help=True, help="Data subjects registered by DPOs.")
+models_app = typer.Typer(no_args_is_help=True, help="Audited models: checkpoints and APIs.")
+app.add_typer(db_app, name="db")
+app.add_typer(subjects_app, name="subjects")
+app.add_typer(models_app, name="models")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a clear error and exit non-zero."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _session():
+    from audit_lib.store import session_scope
+
+    return session_scope()
+
+
+def _guarded(fn):
+    """Run ``fn`` turning the service's input errors into a clean exit."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from audit_lib.registry import RegistryError
+
+    try:
+        return fn()
+    except RegistryError as exc:
+        fail(str(exc))
+    except (OperationalError, ProgrammingError) as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            fail("the evidence store has no schema yet: run `encoder-audit db upgrade`")
+        raise
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the evidence store's migrations up to the newest schema."""
+    from audit_lib.config import get_settings
+    from audit_lib.store import upgrade
+
+    upgrade()
+    url = get_settings().resolved_database_url
+    typer.echo(f"evidence store at {_redact(url)} is up to date")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@subjects_app.command("add")
+def subjects_add(
+    name: Annotated[str, typer.Option(help="the person's full name")],
+    legal_basis: Annotated[str, typer.Option(help="legal basis for processing, e.g. 'GDPR 6(1)(c)'")],
+    photos: Annotated[Path, typer.Option(help="folder of reference photos of the person")],
+    alias: Annotated[Optional[list[str]], typer.Option(help="another name (repeatable)")] = None,
+    claimed_images: Annotated[Optional[Path], typer.Option(help="folder of images that may have been scraped")] = None,
+    sex: Annotated[Optional[str], typer.Option(help="f or m: decoy names are matched to it")] = None,
+) -> None:
+    """Register a data subject with reference photos."""
+    from audit_lib import registry
+
+    def run() -> None:
+        with _session() as s:
+            subj = registry.add_subject_from_folders(
+                s, name=name, legal_basis=legal_basis, photos_dir=photos,
+                claimed_dir=claimed_images, aliases=alias or [], sex=sex)
+            n_ref = sum(1 for i in subj.images if i.role == "reference")
+            n_claim = len(subj.images) - n_ref
+            typer.echo(f"registered subject {subj.id} ({subj.pseudonym}): {n_ref} reference "
+                       f"photos, {n_claim} claimed images")
+
+    _guarded(run)
+
+
+@subjects_app.command("list")
+def subjects_list() -> None:
+    """List registered subjects (erased ones by pseudonym only)."""
+    from audit_lib import registry
+
+    def run() -> None:
+        with _session() as s:
+            rows = registry.list_subjects(s)
+            if not rows:
+                typer.echo("no subjects registered")
+            for subj in rows:
+                label = "[erased]" if subj.is_erased else subj.name
+                typer.echo(f"{subj.id:>4}  {subj.pseudonym}  {label}  images={len(subj.images)}")
+
+    _guarded(run)
+
+
+@subjects_app.command("show")
+def subjects_show(subject_id: int) -> None:
+    """Show one subject as JSON."""
+    from audit_lib import registry
+
+    def run() -> None:
+        with _session() as s:
+            subj = registry.get_subject(s, subject_id)
+            typer.echo(json.dumps({
+                "id": subj.id, "pseudonym": subj.pseudonym, "name": subj.name,
+                "aliases": subj.aliases, "legal_basis": subj.legal_basis,
+                "erased_at": subj.erased_at.isoformat() if subj.erased_at else None,
+                "images": [{"sha256": i.sha256, "role": i.role} for i in subj.images],
+            }, indent=2))
+
+    _guarded(run)
+
+
+@subjects_app.command("erase")
+def subjects_erase(subject_id: int,
+                   yes: Annotated[bool, typer.Option("--yes", help="confirm the erasure")] = False) -> None:
+    """Erase a subject: images and personal fields go; findings and hashes stay, pseudonymised."""
+    from audit_lib import registry
+
+    if not yes:
+        fail("erasure cannot be undone: repeat with --yes to confirm")
+
+    def run() -> None:
+        with _session() as s:
+            subj = registry.erase_subject(s, subject_id)
+            typer.echo(f"erased subject {subject_id}; it remains only as {subj.pseudonym}")
+
+    _guarded(run)
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Option(help="a unique name for the model")],
+    role: Annotated[str, typer.Option(help="owned or suspect")],
+    architecture: Annotated[Optional[str], typer.Option(help="checkpoint: open_clip or torchvision architecture")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="checkpoint: weights file (safetensors)")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="API: the embedding endpoint URL")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="API: adapter config as JSON")] = None,
+    credential: Annotated[Optional[str], typer.Option(help="API: name of the Airflow Connection or env variable holding the key")] = None,
+    capabilities: Annotated[str, typer.Option(help="comma-separated: image, text")] = "image",
+    budget: Annotated[Optional[int], typer.Option(help="API: queries allowed per audit run")] = None,
+) -> None:
+    """Register a local checkpoint or a remote embedding API."""
+    from audit_lib import registry
+
+    kind = "api" if endpoint else "checkpoint"
+    try:
+        adapter_cfg = json.loads(adapter) if adapter else None
+    except json.JSONDecodeError as exc:
+        fail(f"adapter: not valid JSON ({exc})")
+
+    def run() -> None:
+        with _session() as s:
+            m = registry.add_model(s, name=name, kind=kind, role=role, capabilities=capabilities,
+                                   architecture=architecture, weights_path=weights,
+                                   endpoint_url=endpoint, adapter=adapter_cfg,
+                                   credential_name=credential, query_budget=budget)
+            typer.echo(f"registered model {m.id} ({m.name}, {m.kind}, {m.role}, "
+                       f"{'+'.join(m.capabilities)})")
+
+    _guarded(run)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered models."""
+    from audit_lib import registry
+
+    def run() -> None:
+        with _session() as s:
+            rows = registry.list_models(s)
+            if not rows:
+                typer.echo("no models registered")
+            for m in rows:
+                where = m.endpoint_url if m.kind == "api" else f"{m.architecture} @ {m.weights_path}"
+                typer.echo(f"{m.id:>4}  {m.name}  {m.kind}  {m.role}  "
+                           f"{'+'.join(m.capabilities)}  {where}")
+
+    _guarded(run)
+
+
+from audit_lib.commands import register_all  # noqa: E402 - after the core commands
+
+register_all(app)
+
+if __name__ == "__main__":
+    app()

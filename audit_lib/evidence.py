@@ -1,0 +1,157 @@
+"""Audit runs, findings and the hash-chained evidence log (DESIGN §4).
+
+Evidence items are append-only and chained per audit run: each row's hash covers its own
+fields and the previous row's hash, so changing, removing or reordering any row breaks
+every hash after it. The chain head (the last row's hash) goes into reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit_lib import __version__
+from audit_lib.findings import FindingResult
+from audit_lib.store.models import AuditRun, EvidenceItem, Finding, utcnow
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes (sorted keys, no spaces) for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _utc_text(dt: datetime) -> str:
+    """A timestamp as the chain hashes it: UTC, microseconds (SQLite drops the zone)."""
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return dt.isoformat(timespec="microseconds")
+
+
+def genesis_hash(run_key: str) -> str:
+    """The chain's starting point for a run: sha256 of its key."""
+    return sha256_hex(b"encoder-audit evidence chain v1\0" + run_key.encode())
+
+
+def evidence_row_hash(item: EvidenceItem, prev_hash: str) -> str:
+    """The hash of one evidence row given the previous row's hash."""
+    fields = {
+        "seq": item.seq, "kind": item.kind, "model_version_id": item.model_version_id,
+        "input_sha256": item.input_sha256, "response_sha256": item.response_sha256,
+        "cached": bool(item.cached), "requested_at": _utc_text(item.requested_at),
+        "latency_ms": round(float(item.latency_ms), 3), "prev_hash": prev_hash,
+    }
+    return sha256_hex(canonical_json(fields))
+
+
+def start_run(session: Session, run_key: str, kind: str, config: dict[str, Any] | None = None) -> AuditRun:
+    """The audit run with this key, created on first use (a retried task finds it again)."""
+    run = session.scalar(select(AuditRun).where(AuditRun.run_key == run_key))
+    if run is None:
+        run = AuditRun(run_key=run_key, kind=kind, code_version=__version__, config=config or {})
+        session.add(run)
+        session.flush()
+    return run
+
+
+def finish_run(session: Session, run: AuditRun, status: str = "success") -> None:
+    run.status = status
+    run.finished_at = utcnow()
+    session.flush()
+
+
+def append_evidence(session: Session, run: AuditRun, *, kind: str, input_sha256: str,
+                    response_sha256: str, model_version_id: int | None = None, cached: bool = False,
+                    latency_ms: float = 0.0, requested_at: datetime | None = None) -> EvidenceItem:
+    """Append one query to the run's chain. The run row is locked (PostgreSQL) so that
+    concurrent tasks of one run append in a single order."""
+    session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
+    last = session.scalar(select(EvidenceItem).where(EvidenceItem.run_id == run.id)
+                          .order_by(EvidenceItem.seq.desc()).limit(1))
+    prev_hash = last.row_hash if last is not None else genesis_hash(run.run_key)
+    item = EvidenceItem(run_id=run.id, seq=(last.seq + 1) if last is not None else 1, kind=kind,
+                        model_version_id=model_version_id, input_sha256=input_sha256,
+                        response_sha256=response_sha256, cached=cached, latency_ms=float(latency_ms),
+                        requested_at=requested_at or utcnow(), prev_hash=prev_hash, row_hash="")
+    item.row_hash = evidence_row_hash(item, prev_hash)
+    session.add(item)
+    session.flush()
+    return item
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """The outcome of re-computing a run's chain from the database."""
+
+    ok: bool
+    head: str
+    length: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(session: Session, run: AuditRun) -> ChainCheck:
+    """Recompute every row hash of the run's chain; report the first row that does not fit."""
+    prev = genesis_hash(run.run_key)
+    items = session.scalars(select(EvidenceItem).where(EvidenceItem.run_id == run.id)
+                            .order_by(EvidenceItem.seq)).all()
+    for expected_seq, item in enumerate(items, start=1):
+        if item.seq != expected_seq:
+            return ChainCheck(False, prev, len(items), item.seq, f"row {expected_seq} is missing")
+        if item.prev_hash != prev or evidence_row_hash(item, prev) != item.row_hash:
+            return ChainCheck(False, prev, len(items), item.seq, f"row {item.seq} was altered")
+        prev = item.row_hash
+    return ChainCheck(True, prev, len(items))
+
+
+def chain_head(session: Session, run: AuditRun) -> str:
+    """The hash of the run's last evidence row (the genesis hash for an empty run)."""
+    last = session.scalar(select(EvidenceItem.row_hash).where(EvidenceItem.run_id == run.id)
+                          .order_by(EvidenceItem.seq.desc()).limit(1))
+    return last or genesis_hash(run.run_key)
+
+
+def store_finding(session: Session, run: AuditRun, result: FindingResult, *, target_key: str,
+                  model_version_id: int, subject_id: int | None = None) -> tuple[Finding, bool]:
+    """Store a finding once per (run, method, target, model version): a retried task gets
+    the existing row back (``created`` False) and writes nothing. A new finding is also
+    appended to the evidence chain (kind ``finding``, its canonical JSON hashed)."""
+    existing = session.scalar(select(Finding).where(
+        Finding.run_id == run.id, Finding.method == result.method,
+        Finding.target_key == target_key, Finding.model_version_id == model_version_id))
+    if existing is not None:
+        return existing, False
+    row = Finding(run_id=run.id, method=result.method, method_version=result.method_version,
+                  target_key=target_key, subject_id=subject_id, model_version_id=model_version_id,
+                  hypothesis=result.hypothesis, statistic=result.statistic,
+                  null_description=result.null_description, p_value=result.p_value,
+                  alpha=result.alpha, decision=result.decision, effect_size=result.effect_size,
+                  parameters=result.parameters, details=result.details)
+    session.add(row)
+    session.flush()
+    append_evidence(session, run, kind="finding", model_version_id=model_version_id,
+                    input_sha256=sha256_hex(f"{result.method}|{target_key}".encode()),
+                    response_sha256=sha256_hex(canonical_json(finding_record(row))))
+    return row, True
+
+
+def finding_record(row: Finding) -> dict[str, Any]:
+    """The machine-readable form of a stored finding (hashed into the chain, attached to
+    reports)."""
+    return {
+        "id": row.id, "run_id": row.run_id, "method": row.method,
+        "method_version": row.method_version, "target_key": row.target_key,
+        "model_version_id": row.model_version_id, "hypothesis": row.hypothesis,
+        "statistic": row.statistic, "null_description": row.null_description,
+        "p_value": row.p_value, "alpha": row.alpha, "decision": row.decision,
+        "effect_size": row.effect_size, "parameters": row.parameters, "details": row.details,
+    }

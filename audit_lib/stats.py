@@ -1,0 +1,97 @@
+"""Evidence statistics shared by every method (DESIGN §4, METHOD-NOTES "Evidence statistics").
+
+Empirical (rank) p-values against a null population, Clopper-Pearson bounds, Holm's
+step-down correction, ROC summaries, and ARUC (MetaV's robustness/uniqueness area).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def empirical_p_value(observed: float, null: Sequence[float]) -> float:
+    """p = (1 + #{null >= observed}) / (K + 1): the rank of ``observed`` among K null
+    statistics, larger meaning more extreme. Valid (conservative) whenever the observed
+    statistic and the nulls are exchangeable under H0."""
+    null = np.asarray(null, dtype=float)
+    if null.size == 0:
+        raise ValueError("empirical_p_value: the null population is empty")
+    return float((1 + np.sum(null >= observed)) / (null.size + 1))
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided exact upper confidence bound on a rate after k events in n trials.
+    With k = 0 this is 1 - (1 - confidence) ** (1 / n): 0 of 100 gives about 0.0295."""
+    if n <= 0:
+        raise ValueError(f"clopper_pearson_upper: n = {n} trials")
+    if not 0 <= k <= n:
+        raise ValueError(f"clopper_pearson_upper: k = {k} not in [0, {n}]")
+    if k == n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, k + 1, n - k))
+
+
+def holm(p_values: Sequence[float], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Holm-Bonferroni step-down: (adjusted p-values, rejections at family-wise ``alpha``)."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p, np.zeros(0, dtype=bool)
+    order = np.argsort(p)
+    adjusted_sorted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
+    return adjusted, adjusted <= alpha
+
+
+def roc_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """Area under the ROC curve (ties count half): P(member score > non-member score)."""
+    pos = np.asarray(member_scores, dtype=float)
+    neg = np.asarray(nonmember_scores, dtype=float)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("roc_auc: need at least one score of each class")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+def tpr_at_fpr(member_scores: Sequence[float], nonmember_scores: Sequence[float], fpr: float) -> float:
+    """True-positive rate at the strictest threshold whose false-positive rate is <= ``fpr``
+    (predict member when score > threshold)."""
+    pos = np.asarray(member_scores, dtype=float)
+    neg = np.sort(np.asarray(nonmember_scores, dtype=float))[::-1]
+    allowed = int(np.floor(fpr * neg.size))
+    threshold = neg[allowed] if allowed < neg.size else -np.inf
+    return float(np.mean(pos > threshold))
+
+
+def aruc(positive_scores: Sequence[float], negative_scores: Sequence[float], steps: int = 1001) -> float:
+    """ARUC as pinned for this project (MetaV, KDD'22): with scores in [0, 1],
+    robustness(tau) = share of positives with score >= tau, uniqueness(tau) = share of
+    negatives with score < tau, and ARUC = the integral over tau in [0, 1] of
+    min(robustness(tau), uniqueness(tau)), by the trapezoid rule on ``steps`` evenly spaced
+    thresholds. 1.0 needs every positive at 1 and every negative at 0; perfect separation
+    at a margin m scores about m."""
+    pos = np.asarray(positive_scores, dtype=float)
+    neg = np.asarray(negative_scores, dtype=float)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("aruc: need at least one positive and one negative score")
+    taus = np.linspace(0.0, 1.0, steps)
+    robustness = (pos[None, :] >= taus[:, None]).mean(axis=1)
+    uniqueness = (neg[None, :] < taus[:, None]).mean(axis=1)
+    return float(np.trapezoid(np.minimum(robustness, uniqueness), taus))
+
+
+def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """One-sided Mann-Whitney U test that ``x`` tends to exceed ``y``:
+    (U statistic, p-value, common-language effect size U / (n_x n_y))."""
+    from scipy.stats import mannwhitneyu
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    res = mannwhitneyu(x, y, alternative="greater")
+    return float(res.statistic), float(res.pvalue), float(res.statistic / (x.size * y.size))

@@ -1,0 +1,240 @@
+"""The evidence store's schema (DESIGN §5) as SQLAlchemy 2 typed models.
+
+Schema changes go through Alembic migrations in ``migrations/``; a test checks that the
+models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the store uses."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class DataSubject(Base):
+    """A person registered by a DPO. After erasure only the pseudonym and hashes remain."""
+
+    __tablename__ = "data_subjects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    aliases: Mapped[list[Any] | None] = mapped_column(JSON)
+    legal_basis: Mapped[str | None] = mapped_column(String(200))
+    sex: Mapped[str | None] = mapped_column(String(1))
+    registered_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    images: Mapped[list[SubjectImage]] = relationship(
+        back_populates="subject", cascade="all, delete-orphan", order_by="SubjectImage.id"
+    )
+
+    @property
+    def is_erased(self) -> bool:
+        return self.erased_at is not None
+
+
+class ImageBlob(Base):
+    """Image bytes stored once per sha256; ``data`` is emptied when no live subject needs it."""
+
+    __tablename__ = "image_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    media_type: Mapped[str] = mapped_column(String(40))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class SubjectImage(Base):
+    """A subject's photo: ``reference`` (who they are) or ``claimed`` (maybe scraped)."""
+
+    __tablename__ = "subject_images"
+    __table_args__ = (UniqueConstraint("subject_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("data_subjects.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(ForeignKey("image_blobs.sha256"))
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    subject: Mapped[DataSubject] = relationship(back_populates="images")
+    blob: Mapped[ImageBlob] = relationship()
+
+
+class AuditedModel(Base):
+    """A model under audit: a local checkpoint or a remote embedding API; owned or suspect."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # checkpoint | api
+    role: Mapped[str] = mapped_column(String(20))  # owned | suspect
+    architecture: Mapped[str | None] = mapped_column(String(200))
+    weights_path: Mapped[str | None] = mapped_column(Text)
+    endpoint_url: Mapped[str | None] = mapped_column(Text)
+    adapter: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    credential_name: Mapped[str | None] = mapped_column(String(200))
+    capabilities: Mapped[list[Any]] = mapped_column(JSON)
+    query_budget: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", order_by="ModelVersion.id"
+    )
+
+
+class ModelVersion(Base):
+    """A model's identity at a point in time: weights sha256, or an API's canary hash."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[str] = mapped_column(String(64))
+    how: Mapped[str] = mapped_column(String(20))  # weights | canary
+    embedding_dim: Mapped[int | None] = mapped_column(Integer)
+    preprocess: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model: Mapped[AuditedModel] = relationship(back_populates="versions")
+
+
+class EnrolmentArtefact(Base):
+    """An owned model's committed artefact (watermark key, fingerprint, verifier, nulls)."""
+
+    __tablename__ = "enrolment_artefacts"
+    __table_args__ = (UniqueConstraint("model_id", "kind", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    sha256: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditRun(Base):
+    """One audit (an Airflow run or a CLI invocation): its code version and configuration."""
+
+    __tablename__ = "audit_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_key: Mapped[str] = mapped_column(String(250), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    code_version: Mapped[str] = mapped_column(String(80))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+
+
+class Finding(Base):
+    """A method's calibrated result (DESIGN §4); one per run, method, target and version."""
+
+    __tablename__ = "findings"
+    __table_args__ = (UniqueConstraint("run_id", "method", "target_key", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("audit_runs.id"))
+    method: Mapped[str] = mapped_column(String(40))
+    method_version: Mapped[str] = mapped_column(String(20))
+    target_key: Mapped[str] = mapped_column(String(80))  # subject:ID | suspect:ID | model:ID
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("data_subjects.id"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    hypothesis: Mapped[str] = mapped_column(Text)
+    statistic: Mapped[float | None] = mapped_column(Float)
+    null_description: Mapped[str] = mapped_column(Text)
+    p_value: Mapped[float | None] = mapped_column(Float)
+    alpha: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(40))
+    effect_size: Mapped[float | None] = mapped_column(Float)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvidenceItem(Base):
+    """One query behind a finding; append-only and hash-chained per audit run."""
+
+    __tablename__ = "evidence_items"
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("audit_runs.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # image | text | canary
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    response_sha256: Mapped[str] = mapped_column(String(64))
+    cached: Mapped[bool] = mapped_column(default=False)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class QueryCacheEntry(Base):
+    """An answer already paid for: (model version, input sha256, kind) -> float32 vector."""
+
+    __tablename__ = "query_cache"
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    input_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    response_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Report(Base):
+    """A rendered PDF evidence report and the chain head it was rendered against."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(120), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    chain_head: Mapped[str | None] = mapped_column(String(64))
+    finding_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

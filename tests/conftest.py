@@ -1,0 +1,95 @@
+"""Shared fixtures: the evidence store on real PostgreSQL and on SQLite, real images."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+# Before anything imports airflow or open_clip: no hub, no example DAGs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from audit_lib.config import PROJECT_ROOT, get_settings
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+FACES = SHARED_DATA / "faces" / "orl"
+PG_ADMIN_URL = os.environ.get("AUDIT_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_create(name: str) -> str:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _pg_drop(name: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database_url():
+    """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+    from audit_lib.store import upgrade
+
+    name = f"encoder_audit_test_{uuid.uuid4().hex[:8]}"
+    url = _pg_create(name)
+    upgrade(url)
+    yield url
+    from audit_lib.store.db import get_engine
+
+    get_engine(url).dispose()
+    _pg_drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_database_url(tmp_path_factory):
+    from audit_lib.store import upgrade
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'evidence.sqlite'}"
+    upgrade(url)
+    return url
+
+
+def _clear(url: str) -> None:
+    from audit_lib.store.db import get_engine
+    from audit_lib.store.models import Base
+
+    with get_engine(url).begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, monkeypatch, tmp_path):
+    """An empty, migrated evidence store on each backend, selected via AUDIT_DATABASE_URL."""
+    url = request.getfixturevalue(f"{request.param}_database_url" if request.param == "sqlite"
+                                  else "pg_database_url")
+    _clear(url)
+    monkeypatch.setenv("AUDIT_DATABASE_URL", url)
+    monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def face_dir(tmp_path) -> Path:
+    """Three real face photos of one ORL person, copied to a temporary folder."""
+    if not FACES.is_dir():
+        pytest.skip("../shared/data/faces is not present")
+    out = tmp_path / "photos"
+    out.mkdir()
+    for i in (1, 2, 3):
+        (out / f"{i}.pgm").write_bytes((FACES / "s1" / f"{i}.pgm").read_bytes())
+    return out
