@@ -23,6 +23,7 @@ CAPABILITIES = frozenset({"image", "text"})
 MODEL_KINDS = frozenset({"checkpoint", "api"})
 MODEL_ROLES = frozenset({"owned", "suspect"})
 IMAGE_ROLES = ("reference", "claimed")
+MAX_TEXT = 200  # the width of the name, alias and legal-basis columns
 
 
 class RegistryError(ValueError):
@@ -72,6 +73,9 @@ def add_subject(session: Session, *, name: str, legal_basis: str, photos: list[C
         raise RegistryError("name: a subject needs a name")
     if not legal_basis.strip():
         raise RegistryError("legal basis: state the legal basis for processing this person's data")
+    for label, value in [("name", name), ("legal basis", legal_basis), *(("alias", a) for a in aliases)]:
+        if len(value.strip()) > MAX_TEXT:
+            raise RegistryError(f"{label}: {len(value.strip())} characters is over the limit of {MAX_TEXT}")
     if sex is not None and sex not in ("f", "m"):
         raise RegistryError(f"sex: {sex!r} is not 'f' or 'm'")
     if not photos:

@@ -142,3 +142,10 @@ def test_bad_model_refused(db_url, kwargs, message):
         with session_scope(db_url) as s:
             registry.add_model(s, name="m", role="suspect", **kwargs)
     assert _counts(db_url)[3] == 0
+
+
+def test_over_long_name_refused_before_the_database(db_url, face_dir):
+    with pytest.raises(RegistryError, match="name: 201 characters is over the limit of 200"):
+        with session_scope(db_url) as s:
+            registry.add_subject_from_folders(s, name="x" * 201, legal_basis="consent", photos_dir=face_dir)
+    assert _counts(db_url) == (0, 0, 0, 0)

@@ -238,3 +238,35 @@ class Report(Base):
     chain_head: Mapped[str | None] = mapped_column(String(64))
     finding_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebUser(Base):
+    """A person who signs in to the DPO web app (``audit_lib.web``); ``role`` is ``dpo``
+    (register, view, erase) or ``viewer`` (view only). ``password_hash`` is a salted scrypt
+    hash (``audit_lib.web.passwords``), never the password."""
+
+    __tablename__ = "web_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebAuditEvent(Base):
+    """Who did what in the web app: sign-ins, subjects registered, viewed and erased,
+    reports downloaded. Append-only; names subjects by id and pseudonym only, so an
+    erasure leaves no personal field behind here."""
+
+    __tablename__ = "web_audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    username: Mapped[str | None] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40))
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("data_subjects.id"))
+    target: Mapped[str | None] = mapped_column(String(120))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    client: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,1 @@
+"""One router per resource: auth (sign-in), subjects, reports, audit (the log), assets."""
