@@ -1,0 +1,1 @@
+"""Benchmarks (``encoder-audit bench ...``): measured, printed and written to var/bench/."""

@@ -1,0 +1,70 @@
+"""Encoder handles: one interface for every audited model (DESIGN §3).
+
+- :mod:`.base`: the ``EncoderHandle`` protocol and ``NotApplicable``;
+- :mod:`.architectures`: networks by name; :mod:`.loading`: safe weights loading;
+- :mod:`.local`: a checkpoint on cpu/cuda; :mod:`.remote`: an HTTP embedding API;
+- :mod:`.cache`: the store's query cache and evidence chain in front of any handle;
+- :mod:`.version`: weights hash and API canary versions.
+
+:func:`open_handle` builds the right handle for a registered model. Nothing heavy is
+imported here (DAG files import this package at parse time).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from audit_lib.encoders.cache import StoreBackedHandle
+    from audit_lib.store.models import AuditedModel
+
+_LOCAL: dict[tuple[Any, ...], Any] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def local_encoder(architecture: str, weights_path: Path | str, *, device: str | None = None,
+                  batch_size: int | None = None) -> Any:
+    """A :class:`~audit_lib.encoders.local.LocalEncoder`, kept per process: DAG tasks and
+    CLI commands that open the same checkpoint again reuse the built network. The key
+    includes the file's size and mtime, so a replaced file is loaded (and hashed) again."""
+    from audit_lib.encoders.local import LocalEncoder
+
+    path = Path(weights_path)
+    st = path.stat() if path.exists() else None
+    key = (architecture, str(path.resolve()) if st else str(weights_path),
+           st.st_size if st else None, st.st_mtime_ns if st else None, device, batch_size)
+    with _LOCAL_LOCK:
+        enc = _LOCAL.get(key)
+        if enc is None:
+            enc = LocalEncoder.from_checkpoint(architecture, weights_path, device=device, batch_size=batch_size)
+            _LOCAL[key] = enc
+        return enc
+
+
+def open_handle(model: AuditedModel, *, run_key: str | None = None, db_url: str | None = None,
+                device: str | None = None, batch_size: int | None = None,
+                **remote_options: Any) -> StoreBackedHandle:
+    """The handle for a registered model (checkpoint or API), behind the query cache and
+    recording evidence into the run ``run_key`` (when given). For an API this queries the
+    canary set first and resolves the model version. ``remote_options`` go to
+    :class:`~audit_lib.encoders.remote.RemoteEncoder` (timeouts, retries, rate limit)."""
+    from audit_lib.encoders.cache import StoreBackedHandle
+
+    if model.kind == "checkpoint":
+        if not model.architecture or not model.weights_path:
+            raise ValueError(f"model {model.name}: a checkpoint needs an architecture and a weights file")
+        inner = local_encoder(model.architecture, model.weights_path, device=device, batch_size=batch_size)
+    elif model.kind == "api":
+        from audit_lib.encoders.remote import RemoteEncoder
+
+        adapter = dict(model.adapter or {})
+        dim = adapter.pop("embedding_dim", None)
+        rate = adapter.pop("rate_limit_per_s", None)
+        inner = RemoteEncoder(model.endpoint_url, adapter, model.credential_name, embedding_dim=dim,
+                              capabilities=model.capabilities, budget=model.query_budget,
+                              **({"rate_limit_per_s": rate} if rate else {}), **remote_options)
+    else:
+        raise ValueError(f"model {model.name}: unknown kind {model.kind!r}")
+    return StoreBackedHandle(inner, db_url=db_url, model_id=model.id, run_key=run_key)
