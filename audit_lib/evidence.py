@@ -3,6 +3,12 @@
 Evidence items are append-only and chained per audit run: each row's hash covers its own
 fields and the previous row's hash, so changing, removing or reordering any row breaks
 every hash after it. The chain head (the last row's hash) goes into reports.
+
+The database refuses changes too (migration 0003): UPDATE of an evidence row is refused on
+PostgreSQL and SQLite, and on PostgreSQL a DELETE that would cut a run's chain short is
+refused (a run's evidence can only be purged as a whole). Findings are not trigger-protected;
+each one's canonical record is hashed into its run's chain when stored (``finding_hash``),
+so a later change to a finding row is detected by ``encoder-audit report verify``.
 """
 
 from __future__ import annotations
@@ -44,13 +50,49 @@ def genesis_hash(run_key: str) -> str:
 
 def evidence_row_hash(item: EvidenceItem, prev_hash: str) -> str:
     """The hash of one evidence row given the previous row's hash."""
-    fields = {
+    return record_row_hash(evidence_record(item), prev_hash)
+
+
+def evidence_record(item: EvidenceItem) -> dict[str, Any]:
+    """One evidence row as the chain hashes it and as report manifests carry it (without
+    the hashes themselves): timestamps as UTC text, latency rounded to microseconds."""
+    return {
         "seq": item.seq, "kind": item.kind, "model_version_id": item.model_version_id,
         "input_sha256": item.input_sha256, "response_sha256": item.response_sha256,
         "cached": bool(item.cached), "requested_at": _utc_text(item.requested_at),
-        "latency_ms": round(float(item.latency_ms), 3), "prev_hash": prev_hash,
+        "latency_ms": round(float(item.latency_ms), 3),
     }
+
+
+_HASHED_FIELDS = ("seq", "kind", "model_version_id", "input_sha256", "response_sha256", "cached",
+                  "requested_at", "latency_ms")
+
+
+def record_row_hash(record: dict[str, Any], prev_hash: str) -> str:
+    """The row hash of an evidence record (from :func:`evidence_record`, or read back from
+    a report's manifest), so a chain can be recomputed without the database."""
+    fields = {k: record[k] for k in _HASHED_FIELDS}
+    fields["prev_hash"] = prev_hash
     return sha256_hex(canonical_json(fields))
+
+
+def recompute_chain(run_key: str, records: list[dict[str, Any]]) -> ChainCheck:
+    """Recompute a run's chain from records alone (a report's manifest): each record's
+    ``prev_hash`` and ``row_hash`` must follow from the ones before it."""
+    prev = genesis_hash(run_key)
+    for expected_seq, rec in enumerate(records, start=1):
+        if rec.get("seq") != expected_seq:
+            return ChainCheck(False, prev, len(records), rec.get("seq"), f"row {expected_seq} is missing")
+        if rec.get("prev_hash") != prev or record_row_hash(rec, prev) != rec.get("row_hash"):
+            return ChainCheck(False, prev, len(records), expected_seq, f"row {expected_seq} was altered")
+        prev = rec["row_hash"]
+    return ChainCheck(True, prev, len(records))
+
+
+def run_evidence(session: Session, run: AuditRun) -> list[EvidenceItem]:
+    """The run's evidence rows in chain order."""
+    return list(session.scalars(select(EvidenceItem).where(EvidenceItem.run_id == run.id)
+                                .order_by(EvidenceItem.seq)))
 
 
 def start_run(session: Session, run_key: str, kind: str, config: dict[str, Any] | None = None) -> AuditRun:
@@ -139,8 +181,8 @@ def store_finding(session: Session, run: AuditRun, result: FindingResult, *, tar
     session.add(row)
     session.flush()
     append_evidence(session, run, kind="finding", model_version_id=model_version_id,
-                    input_sha256=sha256_hex(f"{result.method}|{target_key}".encode()),
-                    response_sha256=sha256_hex(canonical_json(finding_record(row))))
+                    input_sha256=finding_input_hash(result.method, target_key),
+                    response_sha256=finding_hash(row))
     return row, True
 
 
@@ -151,7 +193,23 @@ def finding_record(row: Finding) -> dict[str, Any]:
         "id": row.id, "run_id": row.run_id, "method": row.method,
         "method_version": row.method_version, "target_key": row.target_key,
         "model_version_id": row.model_version_id, "hypothesis": row.hypothesis,
-        "statistic": row.statistic, "null_description": row.null_description,
-        "p_value": row.p_value, "alpha": row.alpha, "decision": row.decision,
-        "effect_size": row.effect_size, "parameters": row.parameters, "details": row.details,
+        "statistic": _as_float(row.statistic), "null_description": row.null_description,
+        "p_value": _as_float(row.p_value), "alpha": _as_float(row.alpha), "decision": row.decision,
+        "effect_size": _as_float(row.effect_size), "parameters": row.parameters, "details": row.details,
     }
+
+
+def _as_float(x: Any) -> float | None:
+    """Float columns read back as float: normalise before hashing (an int 3 given at store
+    time and the 3.0 read back later must hash alike)."""
+    return None if x is None else float(x)
+
+
+def finding_hash(row: Finding) -> str:
+    """The sha256 of a finding's canonical record: the ``response_sha256`` of its chain row."""
+    return sha256_hex(canonical_json(finding_record(row)))
+
+
+def finding_input_hash(method: str, target_key: str) -> str:
+    """The ``input_sha256`` of a finding's chain row."""
+    return sha256_hex(f"{method}|{target_key}".encode())

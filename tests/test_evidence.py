@@ -41,7 +41,10 @@ def test_chain_verifies_and_detects_tampering(db_url):
         check = evidence.verify_chain(s, run)
         assert check.ok and check.length == 5 and check.head == evidence.chain_head(s, run)
         row = s.scalar(select(EvidenceItem).where(EvidenceItem.seq == 3))
-        row.response_sha256 = "f" * 64
+        # evidence rows are append-only in the database (migration 0003): tamper past it
+        from tests.fixtures_reports import force_update_evidence
+
+        force_update_evidence(s, row.id, response_sha256="f" * 64)
     with session_scope(db_url) as s:
         check = evidence.verify_chain(s, evidence.start_run(s, "manual__1", "privacy"))
         assert not check.ok and check.first_bad_seq == 3

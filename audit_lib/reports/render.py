@@ -1,0 +1,339 @@
+"""Render a case's PDF evidence report (DESIGN §7, issue 9).
+
+``render_report(session, case, out_dir)`` loads the case's findings (reports/case.py), builds
+the evidence manifest (reports/manifest.py), draws the figures (reports/figures.py), fills
+the Jinja2 template for the case kind (templates/report/{subject,ownership,run}.html) and
+has WeasyPrint write the PDF with ``evidence.json`` attached. A ``reports`` row records the
+PDF's sha256 and the chain head, so ``encoder-audit report verify`` can check it later.
+
+Privacy by default: subject photos are embedded only with ``include_photos=True`` (a
+recipient entitled to see them) and never for an erased subject; an erased subject appears
+only by pseudonym, and so does every subject in a run summary or with ``pseudonymous=True``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit_lib import __version__
+from audit_lib.config import PROJECT_ROOT, get_settings
+from audit_lib.evidence import sha256_hex
+from audit_lib.reports import figures
+from audit_lib.reports.case import CaseData, FindingView, ReportError, load_case, parse_case, slug
+from audit_lib.reports.manifest import ATTACHMENT_NAME, build_manifest, manifest_bytes
+from audit_lib.reports.wording import (
+    DECISION_WORDS,
+    GLOSSARY,
+    WHAT_IT_DOES_NOT_MEAN,
+    fmt_num,
+    fmt_p,
+    method_text,
+    p_meaning,
+    verdict_sentence,
+)
+from audit_lib.store.models import Report, utcnow
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = PROJECT_ROOT / "templates" / "report"
+MAX_MANIFEST_ROWS = 400  # printed per run; the attachment always holds every row
+COVER_FINDINGS = 8  # findings spelled out on the cover (positives first); all are in the results
+DEPARTURE = ("The published method decides with a fixed threshold and gives no error rate. This "
+             "audit keeps the published statistic and ranks it among a null population (an "
+             "empirical p-value), so the false-alarm rate is bounded by alpha when the "
+             "assumptions hold.")
+
+
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit, when the code runs from a git checkout (read-only query)."""
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _r(x: Any, digits: int = 4) -> Any:
+    return fmt_num(float(x), digits) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+
+def _figures(method: str, d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(caption, data URI, half width) for one finding; missing data means no figure."""
+    out: list[tuple[str, str, bool]] = []
+
+    def add(caption: str, png: bytes | None, half: bool = False) -> None:
+        if png:
+            out.append((caption, _uri(png), half))
+
+    observed = d.get("observed", record.get("statistic"))
+    if method == "idia":
+        add("templates won by the subject's name (red line) against the same score of every decoy name.",
+            figures.null_figure(observed, d.get("null_scores"), xlabel="phrasings won (of 21)",
+                                title="Identity inference: subject's name vs decoy names",
+                                null_label="decoy names"))
+    elif method == "encoder_mi":
+        per_image = [im.get("score") for im in d.get("images") or [] if isinstance(im, dict)]
+        add("membership scores of the claimed images against reference non-members.",
+            figures.null_figure(observed, d.get("reference_scores") or d.get("null_scores"),
+                                xlabel="membership score (mean view similarity)",
+                                title="Membership inference: claimed images vs non-members",
+                                null_label="reference non-members", extra_observed=per_image))
+        roc = d.get("roc") or {}
+        add("ROC of the method on a labelled evaluation (known members and non-members).",
+            figures.roc_figure(roc.get("fpr") or [], roc.get("tpr") or [], roc.get("auc")), half=True)
+    elif method == "watermark":
+        add("per-probe shift towards the watermark key for the suspect, against control perturbations "
+            "and independent encoders.",
+            figures.watermark_figure(d.get("shifts") or [], d.get("control_scores") or [],
+                                     d.get("independent_scores") or []))
+    elif method == "fingerprint":
+        add("verifier score of the suspect against held-out independent models (the null) and "
+            "validation copies.",
+            figures.fingerprint_figure(d.get("score", observed), d.get("negative_scores") or d.get("null_scores") or [],
+                                       d.get("positive_scores") or []))
+    elif method == "theft":
+        add("downstream accuracy of a copy stolen through the API, by query budget and output defence.",
+            figures.theft_figure(d.get("curve") or []))
+    else:
+        add("observed statistic against the null population.",
+            figures.null_figure(observed, d.get("null_scores"), xlabel="statistic", title=method))
+    return out
+
+
+def _tables(method: str, d: dict[str, Any]) -> dict[str, Any]:
+    """The method-specific values the result section prints, rounded for reading."""
+    if method == "idia":
+        return {k: d.get(k) for k in ("templates", "n_images", "n_candidates", "tau",
+                                      "published_decision", "decoy_rank")}
+    if method == "encoder_mi":
+        images = [{"sha256": im.get("sha256"), "score": _r(im.get("score")), "p_value": fmt_p(im.get("p_value")),
+                   "p_holm": fmt_p(im.get("p_holm")), "member": im.get("member")}
+                  for im in d.get("images") or [] if isinstance(im, dict)]
+        return {"images": images, "rule": d.get("rule", "?"), "mann_whitney_u": _r(d.get("mann_whitney_u"))}
+    if method == "watermark":
+        return {k: d.get(k, "n/a") for k in ("mode", "key_sha256", "commitment_sha256")}
+    if method == "fingerprint":
+        return {"n_fingerprints": d.get("n_fingerprints", "n/a"), "score": _r(d.get("score")),
+                "aruc": _r(d.get("aruc")), "commitment_sha256": d.get("commitment_sha256", "n/a")}
+    if method == "theft":
+        return {"curve": [{k: _r(v) for k, v in row.items()} for row in d.get("curve") or []
+                          if isinstance(row, dict)]}
+    return {}
+
+
+def _theft_summary(d: dict[str, Any]) -> str:
+    """The theft curve in one sentence: the undefended copy at the largest budget."""
+    rows = [r for r in d.get("curve") or [] if isinstance(r, dict) and r.get("defence", "none") == "none"
+            and r.get("stolen_accuracy") is not None and r.get("target_accuracy")]
+    if not rows:
+        return "Theft-risk estimate (descriptive; no p-value)."
+    top = max(rows, key=lambda r: r.get("budget") or 0)
+    share = float(top["stolen_accuracy"]) / float(top["target_accuracy"])
+    return (f"With {top.get('budget')} queries and no output defence, a stolen copy reaches "
+            f"{share:.0%} of the original's downstream accuracy (an estimate, not a test).")
+
+
+def _finding_view(f: FindingView, show_target: bool) -> dict[str, Any]:
+    rec = f.record
+    d = rec.get("details") or {}
+    text = method_text(f.row.method)
+    assumptions = [str(a) for a in d.get("assumptions") or text.default_assumptions]
+    null = d.get("null_scores") or []
+    family = d.get("alpha_family")
+    return {
+        "id": f.row.id, "method": f.row.method, "method_version": f.row.method_version,
+        "title": text.title, "model_name": f.model.name, "target_label": f.target_label,
+        "show_target": show_target, "version": f.version.version, "version_how": f.version.how,
+        "preprocess": json.dumps(f.version.preprocess, sort_keys=True) if f.version.preprocess else "not recorded",
+        "parameters": json.dumps(rec.get("parameters") or {}, sort_keys=True),
+        "run_config": json.dumps(f.run.config or {}, sort_keys=True),
+        "hypothesis": rec["hypothesis"], "null_description": rec["null_description"],
+        "statistic": fmt_num(rec.get("statistic"), 4), "effect_size": fmt_num(rec.get("effect_size"), 3)
+        if rec.get("effect_size") is not None else None,
+        "p": fmt_p(rec.get("p_value")), "p_family": fmt_p(family) if family is not None else "—",
+        "alpha": fmt_p(rec.get("alpha")), "decision": rec["decision"],
+        "decision_words": "estimate" if f.row.method == "theft" else DECISION_WORDS.get(rec["decision"], rec["decision"]),
+        "verdict": (verdict_sentence(rec["decision"], rec.get("p_value"), rec["alpha"])
+                    if f.row.method != "theft" else _theft_summary(d)),
+        "meaning": p_meaning(rec["hypothesis"], rec.get("p_value"), assumptions),
+        "assumptions": assumptions, "n_queries": d.get("n_queries", "not recorded"),
+        "n_null": len(null), "p_min": fmt_p(1 / (len(null) + 1)) if null else None,
+        "tables": _tables(f.row.method, d), "figures": _figures(f.row.method, d, rec),
+    }
+
+
+def _headline(data: CaseData, views: list[dict[str, Any]]) -> tuple[str, int]:
+    tests = [v for v in views if v["decision"] in ("positive", "negative", "inconclusive")]
+    pos = sum(v["decision"] == "positive" for v in tests)
+    if not tests:
+        return "No statistical test in this case (descriptive estimates only)", 0
+    if pos:
+        return f"Evidence found in {pos} of {len(tests)} test{'s' if len(tests) > 1 else ''}", pos
+    return (f"No evidence found in {'any of the ' + str(len(tests)) + ' tests' if len(tests) > 1 else 'the test'} "
+            "at the pre-set levels"), 0
+
+
+def _photos(session: Session, data: CaseData, include: bool) -> list[str]:
+    """Thumbnails of a live subject's reference photos, only when explicitly included."""
+    subject = data.subject
+    if not include or subject is None or subject.is_erased or data.redact_names:
+        return []
+    from PIL import Image
+
+    from audit_lib.images import decode_rgb
+
+    out = []
+    for im in subject.images:
+        if im.role != "reference" or im.blob is None or im.blob.data is None:
+            continue
+        img: Image.Image = decode_rgb(im.blob.data)
+        img.thumbnail((240, 240))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append(_uri(buf.getvalue()))
+    return out[:6]
+
+
+def _seeds(data: CaseData) -> list[tuple[str, Any]]:
+    seen: dict[str, Any] = {}
+    for f in data.findings:
+        for source in (f.record.get("parameters") or {}, f.run.config or {}):
+            for k, v in source.items():
+                if "seed" in k.lower():
+                    seen.setdefault(f"{f.row.method}.{k}" if k in seen else k, v)
+    return sorted(seen.items())
+
+
+def _rerun(data: CaseData, out_name: str) -> list[str]:
+    spec = data.spec
+    lines = ["# check this report against the evidence store (chain, manifest, attachment)",
+             f"encoder-audit report verify {out_name}",
+             "# render the same case again from the stored findings",
+             f"encoder-audit report render --case {spec.text}"]
+    if spec.kind == "subject" and not data.redact_names:
+        for f in data.findings:
+            lines.append(f"encoder-audit audit privacy --subject {spec.subject_id} --model {f.model.name}")
+    elif spec.kind == "ownership":
+        lines.append(f"encoder-audit verify --owned {spec.owned_id} --suspect {spec.suspect_id} --watermark")
+        lines.append(f"encoder-audit verify --owned {spec.owned_id} --suspect {spec.suspect_id} --fingerprint")
+    return lines
+
+
+def _context(session: Session, data: CaseData, manifest: dict[str, Any], *, case_id: str,
+             generated_at: datetime, digest: str, include_photos: bool, pdf_name: str) -> dict[str, Any]:
+    show_target = data.spec.kind == "run"
+    views = [_finding_view(f, show_target) for f in data.findings]
+    headline, n_positive = _headline(data, views)
+    ranked = sorted(views, key=lambda v: (v["decision"] != "positive", v["id"]))
+    cover = [v for v in ranked if v["decision"] != "not_applicable" or v["method"] == "theft"]
+    methods, seen = [], set()
+    for f, v in zip(data.findings, views):
+        if f.row.method in seen:
+            continue
+        seen.add(f.row.method)
+        text = method_text(f.row.method)
+        methods.append({"title": text.title, "question": text.question, "how": text.how,
+                        "reference": text.reference or "not recorded", "hypothesis": v["hypothesis"],
+                        "null_description": v["null_description"], "assumptions": v["assumptions"],
+                        "departure": DEPARTURE if f.row.method != "theft" else None})
+    runs = []
+    for r in manifest["runs"]:
+        shown = r["items"][:MAX_MANIFEST_ROWS]
+        runs.append({**r, "shown_items": shown, "hidden": len(r["items"]) - len(shown)})
+    photos = _photos(session, data, include_photos)
+    recipient = ("entitled to the subject's photos (photos included)" if photos else
+                 "default: no subject photos" + ("; names withheld" if data.redact_names else ""))
+    return {
+        "css": (TEMPLATES_DIR / "report.css").read_text(), "title": data.title, "case_id": case_id,
+        "case_text": data.spec.text, "parties": data.parties, "findings": views, "methods": methods,
+        "versions": manifest["model_versions"], "runs": runs, "headline": headline,
+        "n_positive": n_positive, "n_findings": len(views), "cover_findings": cover[:COVER_FINDINGS],
+        "cover_more": max(0, len(cover) - COVER_FINDINGS), "not_mean": WHAT_IT_DOES_NOT_MEAN,
+        "notes": data.notes, "photos": photos, "recipient": recipient,
+        "names_withheld": data.redact_names,
+        "generated_human": generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "report_chain_head": manifest["report_chain_head"], "attachment_digest": digest,
+        "code_version": __version__, "git_commit": _git_commit(), "seeds": _seeds(data),
+        "rerun": _rerun(data, pdf_name), "glossary": GLOSSARY,
+    }
+
+
+def make_case_id(spec_text: str, when: datetime) -> str:
+    """``EA-<case>-<UTC timestamp>``: unique per rendering, safe in file names."""
+    return f"EA-{slug(spec_text.replace(':', '-'), 80)}-{when:%Y%m%dT%H%M%SZ}"
+
+
+def render_report(session: Session, case: str, out_dir: Path | None = None, *,
+                  include_photos: bool = False, pseudonymous: bool = False,
+                  case_id: str | None = None, now: datetime | None = None) -> Path:
+    """Render the PDF evidence report for ``case`` (``subject:ID`` |
+    ``ownership:OWNED_ID:SUSPECT_ID`` | ``run:RUN_KEY``) into ``out_dir`` (default
+    ``<data_dir>/reports``), record it in the ``reports`` table, and return its path.
+
+    A case with no findings, or whose evidence chain no longer verifies, is refused with a
+    ``ReportError`` and nothing is written. Re-rendering with the same ``case_id`` (a
+    retried task) replaces that report's file and row.
+    """
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    spec = parse_case(case)
+    data = load_case(session, spec, pseudonymous=pseudonymous)
+    generated_at = (now or utcnow()).astimezone(timezone.utc)
+    case_id = case_id or make_case_id(spec.text, generated_at)
+    if slug(case_id, 120) != case_id:
+        raise ReportError(f"case id {case_id!r}: use letters, digits, '.', '_' and '-' only (max 120)")
+    manifest = build_manifest(session, data, case_id=case_id, generated_at=generated_at,
+                              photos_included=include_photos and data.subject is not None
+                              and not data.redact_names and not data.subject.is_erased)
+    payload = manifest_bytes(manifest)
+    digest = sha256_hex(payload)
+    out_dir = Path(out_dir or get_settings().data_dir / "reports")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{case_id}.pdf"
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=select_autoescape(["html"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    context = _context(session, data, manifest, case_id=case_id, generated_at=generated_at,
+                       digest=digest, include_photos=include_photos, pdf_name=target.name)
+    html = env.get_template(f"{spec.kind}.html").render(**context)
+    pdf = _write_pdf(html, payload)
+
+    tmp = target.with_suffix(".pdf.part")  # never leave a half-written report behind
+    tmp.write_bytes(pdf)
+    tmp.replace(target)
+    row = session.scalar(select(Report).where(Report.case_id == case_id))
+    if row is None:
+        row = Report(case_id=case_id, kind=spec.kind)
+        session.add(row)
+    row.path = str(target.resolve())
+    row.sha256 = sha256_hex(pdf)
+    row.chain_head = manifest["report_chain_head"]
+    row.finding_ids = [f.row.id for f in data.findings]
+    session.flush()
+    log.info("rendered report %s for %s: %d findings, %d bytes, chain head %s",
+             case_id, spec.text, len(data.findings), len(pdf), row.chain_head)
+    return target
+
+
+def _write_pdf(html: str, payload: bytes) -> bytes:
+    import weasyprint
+
+    attachment = weasyprint.Attachment(
+        string=payload, name=ATTACHMENT_NAME,
+        description="encoder-audit evidence manifest and findings (canonical JSON)")
+    return weasyprint.HTML(string=html, base_url=str(TEMPLATES_DIR)).write_pdf(attachments=[attachment])
