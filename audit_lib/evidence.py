@@ -114,20 +114,49 @@ def finish_run(session: Session, run: AuditRun, status: str = "success") -> None
 def append_evidence(session: Session, run: AuditRun, *, kind: str, input_sha256: str,
                     response_sha256: str, model_version_id: int | None = None, cached: bool = False,
                     latency_ms: float = 0.0, requested_at: datetime | None = None) -> EvidenceItem:
-    """Append one query to the run's chain. The run row is locked (PostgreSQL) so that
-    concurrent tasks of one run append in a single order."""
+    """Append one query to the run's chain (see :func:`append_evidence_many`)."""
+    return append_evidence_many(session, run, [EvidenceRow(
+        kind=kind, input_sha256=input_sha256, response_sha256=response_sha256,
+        model_version_id=model_version_id, cached=cached, latency_ms=latency_ms,
+        requested_at=requested_at)])[0]
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One query to append: what was asked (input hash), what came back (response hash)."""
+
+    kind: str
+    input_sha256: str
+    response_sha256: str
+    model_version_id: int | None = None
+    cached: bool = False
+    latency_ms: float = 0.0
+    requested_at: datetime | None = None
+
+
+def append_evidence_many(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> list[EvidenceItem]:
+    """Append queries to the run's chain in order, in one flush (an audit sends thousands).
+    The run row is locked (PostgreSQL) so that concurrent tasks of one run append in a
+    single order; the chain continues from the run's last row."""
     session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
-    last = session.scalar(select(EvidenceItem).where(EvidenceItem.run_id == run.id)
-                          .order_by(EvidenceItem.seq.desc()).limit(1))
-    prev_hash = last.row_hash if last is not None else genesis_hash(run.run_key)
-    item = EvidenceItem(run_id=run.id, seq=(last.seq + 1) if last is not None else 1, kind=kind,
-                        model_version_id=model_version_id, input_sha256=input_sha256,
-                        response_sha256=response_sha256, cached=cached, latency_ms=float(latency_ms),
-                        requested_at=requested_at or utcnow(), prev_hash=prev_hash, row_hash="")
-    item.row_hash = evidence_row_hash(item, prev_hash)
-    session.add(item)
+    last = session.execute(select(EvidenceItem.seq, EvidenceItem.row_hash)
+                           .where(EvidenceItem.run_id == run.id)
+                           .order_by(EvidenceItem.seq.desc()).limit(1)).first()
+    seq, prev = (last[0], last[1]) if last is not None else (0, genesis_hash(run.run_key))
+    now = utcnow()
+    items = []
+    for row in rows:
+        seq += 1
+        item = EvidenceItem(run_id=run.id, seq=seq, kind=row.kind, model_version_id=row.model_version_id,
+                            input_sha256=row.input_sha256, response_sha256=row.response_sha256,
+                            cached=bool(row.cached), latency_ms=float(row.latency_ms),
+                            requested_at=row.requested_at or now, prev_hash=prev, row_hash="")
+        item.row_hash = evidence_row_hash(item, prev)
+        prev = item.row_hash
+        items.append(item)
+    session.add_all(items)
     session.flush()
-    return item
+    return items
 
 
 @dataclass(frozen=True)

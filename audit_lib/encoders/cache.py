@@ -247,29 +247,11 @@ class StoreBackedHandle:
 
     def _append(self, session: Any, run: AuditRun, kind: str, hashes: list[str], resp: list[str],
                 cached: list[bool], latency_ms: float | list[float], when: datetime) -> None:
-        """Append one evidence item per query to the run's chain, in one statement batch.
-
-        Same locking and chaining as :func:`audit_lib.evidence.append_evidence` (the run row
-        is locked, the chain continues from its last row, each row hashed with
-        :func:`audit_lib.evidence.evidence_row_hash`), but one round trip for the batch
-        instead of three per row: an audit sends thousands of queries."""
-        from audit_lib import evidence
-        from audit_lib.store.models import EvidenceItem
+        """Append one evidence item per query to the run's chain, as one batch."""
+        from audit_lib.evidence import EvidenceRow, append_evidence_many
 
         lat = latency_ms if isinstance(latency_ms, list) else [latency_ms] * len(hashes)
-        session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
-        last = session.execute(select(EvidenceItem.seq, EvidenceItem.row_hash)
-                               .where(EvidenceItem.run_id == run.id)
-                               .order_by(EvidenceItem.seq.desc()).limit(1)).first()
-        seq, prev = (last[0], last[1]) if last is not None else (0, evidence.genesis_hash(run.run_key))
-        items = []
-        for h, r, c, ms in zip(hashes, resp, cached, lat):
-            seq += 1
-            item = EvidenceItem(run_id=run.id, seq=seq, kind=kind, model_version_id=self.model_version_id,
-                                input_sha256=h, response_sha256=r, cached=bool(c), latency_ms=float(ms),
-                                requested_at=when, prev_hash=prev, row_hash="")
-            item.row_hash = evidence.evidence_row_hash(item, prev)
-            prev = item.row_hash
-            items.append(item)
-        session.add_all(items)
-        session.flush()
+        append_evidence_many(session, run, [
+            EvidenceRow(kind=kind, input_sha256=h, response_sha256=r, model_version_id=self.model_version_id,
+                        cached=bool(c), latency_ms=float(ms), requested_at=when)
+            for h, r, c, ms in zip(hashes, resp, cached, lat)])
