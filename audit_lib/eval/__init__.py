@@ -1,0 +1,1 @@
+"""Evaluations of the audit methods on the reference zoo (one module per area)."""
