@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 ACCEPTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "PPM": "image/x-portable-anymap",
                     "BMP": "image/bmp", "WEBP": "image/webp", "TIFF": "image/tiff", "GIF": "image/gif"}
@@ -62,7 +62,13 @@ def check_image_bytes(data: bytes, name: str, *, min_side: int, max_pixels: int,
             if fmt not in ACCEPTED_FORMATS:
                 raise ImageError(f"{name}: image format {fmt} is not accepted "
                                  f"(accepted: {', '.join(sorted(ACCEPTED_FORMATS))})")
-            img.load()
+            # a library imported elsewhere in the process may have set Pillow's global
+            # LOAD_TRUNCATED_IMAGES; a truncated upload must be refused regardless
+            previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+            try:
+                img.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -149,3 +149,17 @@ def test_over_long_name_refused_before_the_database(db_url, face_dir):
         with session_scope(db_url) as s:
             registry.add_subject_from_folders(s, name="x" * 201, legal_basis="consent", photos_dir=face_dir)
     assert _counts(db_url) == (0, 0, 0, 0)
+
+
+def test_truncated_image_refused_even_if_a_library_allows_truncated_loads(monkeypatch, face_dir):
+    from PIL import ImageFile
+
+    from audit_lib.images import ImageError, check_image_bytes
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    buf = io.BytesIO()
+    Image.open(face_dir / "1.pgm").convert("RGB").save(buf, "JPEG", quality=90)
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        check_image_bytes(buf.getvalue()[: len(buf.getvalue()) // 2], "cut.jpg",
+                          min_side=8, max_pixels=10**8, max_bytes=10**8)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
