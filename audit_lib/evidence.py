@@ -134,15 +134,47 @@ class EvidenceRow:
     requested_at: datetime | None = None
 
 
-def append_evidence_many(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> list[EvidenceItem]:
-    """Append queries to the run's chain in order, in one flush (an audit sends thousands).
-    The run row is locked (PostgreSQL) so that concurrent tasks of one run append in a
-    single order; the chain continues from the run's last row."""
+def _chain_tip(session: Session, run: AuditRun) -> tuple[int, str]:
+    """(last seq, last row hash) of the run's chain, with the run row locked (PostgreSQL)
+    so that concurrent tasks of one run append in a single order."""
     session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
     last = session.execute(select(EvidenceItem.seq, EvidenceItem.row_hash)
                            .where(EvidenceItem.run_id == run.id)
                            .order_by(EvidenceItem.seq.desc()).limit(1)).first()
-    seq, prev = (last[0], last[1]) if last is not None else (0, genesis_hash(run.run_key))
+    return (last[0], last[1]) if last is not None else (0, genesis_hash(run.run_key))
+
+
+def extend_chain(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> tuple[int, str]:
+    """Append queries to the run's chain as :func:`append_evidence_many` does (the same rows
+    and row hashes), as one bulk INSERT without ORM objects: a model version's first audit
+    appends tens of thousands. Returns the chain's new (last seq, head)."""
+    from sqlalchemy import insert
+
+    seq, prev = _chain_tip(session, run)
+    now = utcnow()
+    values = []
+    for row in rows:
+        seq += 1
+        when = row.requested_at or now
+        record = {"seq": seq, "kind": row.kind, "model_version_id": row.model_version_id,
+                  "input_sha256": row.input_sha256, "response_sha256": row.response_sha256,
+                  "cached": bool(row.cached), "requested_at": _utc_text(when),
+                  "latency_ms": round(float(row.latency_ms), 3)}
+        row_hash = record_row_hash(record, prev)
+        values.append({**record, "run_id": run.id, "requested_at": when, "latency_ms": float(row.latency_ms),
+                       "prev_hash": prev, "row_hash": row_hash})
+        prev = row_hash
+    if values:
+        session.execute(insert(EvidenceItem), values)
+    return seq, prev
+
+
+def append_evidence_many(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> list[EvidenceItem]:
+    """Append queries to the run's chain in order, in one flush (an audit sends thousands;
+    :func:`extend_chain` does the same without ORM objects). The run row is locked
+    (PostgreSQL) so that concurrent tasks of one run append in a single order; the chain
+    continues from the run's last row."""
+    seq, prev = _chain_tip(session, run)
     now = utcnow()
     items = []
     for row in rows:

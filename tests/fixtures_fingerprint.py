@@ -35,12 +35,9 @@ def tiny_network(seed: int, dim: int = 8, size: int = 16):  # noqa: ANN201 - Net
 
 @pytest.fixture(scope="session")
 def fingerprint_reference(ci_zoo):  # noqa: ANN201
-    """(owned architecture, owned weights path, independent encoders) from the ci zoo,
-    behind the ownership-test gate."""
+    """(owned architecture, owned weights path, independent encoders) from the ci zoo."""
     from audit_lib.methods.suspect_zoo import IndependentModel
-    from tests.fixtures_ownership import require_ownership_zoo_tests
 
-    require_ownership_zoo_tests()
     manifest = ci_zoo
     target = manifest.entry("simclr-target")
     independents = [IndependentModel(e.name, e.architecture, Path(e.weights_path))

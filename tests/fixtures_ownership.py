@@ -16,14 +16,15 @@ import pytest
 
 from audit_lib.config import PROJECT_ROOT
 
-ZOO_GATE_REASON = ("the ownership methods do not meet their targets on the ci zoo yet (issues 6 and 7 "
-                   "stay open; see the README): set AUDIT_OWNERSHIP_ZOO_TESTS=1 to run these tests")
+ZOO_GATE_REASON = ("issue 7: on the ci zoo the fingerprint's held-out ARUC (0.82) and the stolen copy's p-value "
+                   "(0.026 against 8 held-out negatives) miss alpha 0.01; set AUDIT_OWNERSHIP_ZOO_TESTS=1 to run "
+                   "the tests that show it")
 
 
 def require_ownership_zoo_tests() -> None:
-    """Skip, with the reason, unless the ci-zoo ownership tests were asked for. They train
-    for many minutes and currently fail on the methods' targets, which is recorded rather
-    than hidden: the skip reason shows in every test summary."""
+    """Skip, with the reason, unless the failing ci-zoo fingerprint checks were asked for.
+    They fail on the method's target today, which is recorded rather than hidden: the skip
+    reason shows in every test summary."""
     if os.environ.get("AUDIT_OWNERSHIP_ZOO_TESTS") != "1":
         pytest.skip(ZOO_GATE_REASON)
 
@@ -31,9 +32,9 @@ def require_ownership_zoo_tests() -> None:
 OWNERSHIP_CACHE = PROJECT_ROOT / "var" / "ownership-cache"
 DOWNSTREAM_PER_CLASS = 30  # 300 labelled train and 300 test images for the downstream classifiers
 CI_CONTROLS = 39  # control perturbations: with 6 independents the smallest p is 1/46
-CI_ALPHA = 0.05
-THEFT_BUDGET = 125  # queries (25% of the ci target's 500 training images; see the README)
-THEFT_EPOCHS = 12
+CI_ALPHA = 0.01  # the issue's alpha for ownership decisions
+THEFT_BUDGET = 125  # queries (the ci target trained on 64 images; see the README)
+THEFT_EPOCHS = 100  # the published number of epochs
 THEFT_LR = 0.05
 
 
@@ -51,8 +52,7 @@ def ci_steal_recipe():  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def ownership_zoo(ci_zoo):
-    """The ci zoo manifest (the zoo area's ``ci_zoo``), behind the ownership-test gate."""
-    require_ownership_zoo_tests()
+    """The ci zoo manifest (the zoo area's ``ci_zoo``)."""
     return ci_zoo
 
 
@@ -85,6 +85,16 @@ def watermark_enrolment(ownership_data, target_handle, independent_handles):
 
     return enrol_cached(target_handle, ownership_data.target.architecture, ownership_data, independent_handles,
                         recipe=ci_watermark_recipe(), alpha=CI_ALPHA, cache_dir=OWNERSHIP_CACHE, progress=False)
+
+
+@pytest.fixture(scope="session")
+def marked_handle(watermark_enrolment):
+    """The watermarked encoder: what the owner serves through its API (its version is its
+    weights' sha256, so cached stolen copies follow the enrolment)."""
+    from audit_lib.encoders.loading import file_sha256
+    from audit_lib.encoders.local import LocalEncoder
+
+    return LocalEncoder.from_network(watermark_enrolment.marked, file_sha256(watermark_enrolment.weights_path))
 
 
 def steal_over_http(handle, surrogate: np.ndarray, recipe, *, defences: dict | None = None, tag: str):  # noqa: ANN001, ANN201

@@ -9,8 +9,10 @@ through the same calls the pipelines use (``start_run`` / ``append_evidence`` /
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +283,146 @@ def page_pixels(path, page: int = 1, dpi: int = 50) -> np.ndarray:
         subprocess.run(["pdftoppm", "-png", "-r", str(dpi), "-f", str(page), "-l", str(page),
                         "-singlefile", str(path), str(prefix)], check=True, timeout=60)
         return np.asarray(Image.open(f"{prefix}.png").convert("L"), dtype=float)
+
+
+# ---- findings made on the ci reference zoo (issue 9's "Done when") --------------------
+#
+# The unit-level tests above use hand-made FindingResults; the ones below make real findings
+# on the ci zoo through the product's own task bodies and workflows, with small settings.
+
+ZOO_PRIVACY_RUN = "privacy_audit/zoo-reports"
+ZOO_IDIA_CANDIDATES = 100  # fewer than the default 1,000 (p floor 1/100): same code path
+ZOO_CLAIMED, ZOO_REFERENCES = 10, 40  # EncoderMI: claimed images per subject, reference non-members
+ZOO_DOWNSTREAM_PER_CLASS = 10  # downstream classifiers on 100 labelled train and test images
+ZOO_THEFT_EPOCHS = 2  # a stolen copy trained for 2 epochs on 25% of the target's training set
+
+
+def zoo_watermark_recipe():  # noqa: ANN201 - WatermarkRecipe
+    """AWEncoder with small settings (19 controls + 6 independents: p >= 1/26); its
+    training is cached under var/ownership-cache like the ownership tests' own."""
+    from audit_lib.methods.watermark import WatermarkRecipe
+
+    return WatermarkRecipe(pgd_steps=10, n_marked=16, n_probes=16, n_controls=19, embed_steps=10,
+                           batch_size=16, marked_batch=8)
+
+
+@contextmanager
+def zoo_store(url: str, data_dir: Path) -> Iterator[str]:
+    """The evidence store ``url`` (emptied) and data folder ``data_dir`` selected through
+    the environment, as the CLI and the pipelines read them; restored afterwards."""
+    from audit_lib.config import get_settings
+    from tests.conftest import _clear
+    from tests.fixtures_zoo import ZOO_CACHE
+
+    _clear(url)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AUDIT_DATABASE_URL", url)
+            mp.setenv("AUDIT_DATA_DIR", str(data_dir))
+            mp.setenv("AUDIT_ZOO_CACHE", str(ZOO_CACHE))
+            get_settings.cache_clear()
+            yield url
+    finally:
+        get_settings.cache_clear()  # after the environment is restored
+
+
+@dataclass
+class PrivacyCase:
+    """What ``make_privacy_findings`` stored: one member of the tiny CLIP, audited in one run."""
+
+    subject_id: int
+    subject_name: str
+    pseudonym: str
+    run_key: str
+    chain_head: str  # the run's chain head as its summary task logged it
+    versions: dict[str, str]  # "clip" / "target" -> the zoo entry's weights sha256 (the model version)
+
+
+def make_privacy_findings(manifest, db_url: str, run_key: str = ZOO_PRIVACY_RUN) -> PrivacyCase:  # noqa: ANN001
+    """The privacy audit's task bodies for one member of the tiny CLIP: registry snapshot,
+    version check and null calibration per model, IDIA on the tiny CLIP and EncoderMI on
+    the SimCLR target (the subject claims images of its member split), run summary."""
+    from audit_lib.pipelines import privacy
+    from audit_lib.pipelines.snapshot import snapshot_registry
+    from audit_lib.pipelines.summary import summarise_run
+    from audit_lib.pipelines.versions import check_model_version
+    from audit_lib.pipelines.zoo_registry import KNOWN_MEMBERS, KNOWN_NONMEMBERS, register_privacy
+    from audit_lib.store import session_scope
+
+    reg = register_privacy(manifest, members=KNOWN_MEMBERS[:1], nonmembers=KNOWN_NONMEMBERS[:1],
+                           claimed_per_subject=ZOO_CLAIMED, n_references=ZOO_REFERENCES, db_url=db_url)
+    subject_id = reg.identity_members[0]
+    params = {"n_candidates": ZOO_IDIA_CANDIDATES}
+    snap = snapshot_registry(run_key, kind="privacy", config=dict(privacy.DEFAULT_PARAMS, **params),
+                             subject_ids=[subject_id], model_ids=sorted(reg.models.values()), db_url=db_url)
+    versions = [privacy.calibrate_version(check_model_version(m["id"], run_key, db_url=db_url), run_key, params,
+                                          db_url=db_url) for m in snap["models"]]
+    for method, pairs in (("identity", privacy.plan_identity_pairs(snap, versions)),
+                          ("membership", privacy.plan_membership_pairs(snap, versions, db_url=db_url))):
+        privacy.run_chunk(method, pairs, run_key, params, db_url=db_url)
+    summary = summarise_run(run_key, db_url=db_url)
+    with session_scope(db_url) as s:
+        subject = s.get(DataSubject, subject_id)
+        name, pseudonym = subject.name, subject.pseudonym
+    return PrivacyCase(subject_id, name, pseudonym, run_key, summary["chain_head"],
+                       {"clip": manifest.entry("tiny-clip").sha256, "target": manifest.entry("simclr-target").sha256})
+
+
+@dataclass
+class OwnershipCase:
+    """What ``make_ownership_findings`` stored: a watermarked owned encoder and a leaked copy."""
+
+    owned_id: int
+    suspect_id: int
+    runs: list[str]  # the watermark check's run, then the theft-risk run
+    version: str  # the watermarked weights' sha256: the version of the owned model and of its copy
+
+
+def make_ownership_findings(manifest, db_url: str, out_dir: Path) -> OwnershipCase:  # noqa: ANN001
+    """The ownership workflows with small settings: the owner's encoder (the SimCLR
+    target's weights) enrolled with a watermark, a leaked copy of the watermarked encoder
+    verified against it, and the watermarked encoder's theft risk."""
+    from audit_lib.encoders.loading import file_sha256
+    from audit_lib.methods.theft import StealRecipe
+    from audit_lib.ownership import workflows
+    from audit_lib.pipelines.zoo_registry import register_copy, register_ownership
+    from tests.fixtures_ownership import OWNERSHIP_CACHE
+    from tests.fixtures_zoo import ZOO_CACHE
+
+    runs = ["ownership-zoo-watermark", "ownership-zoo-theft"]
+    owner = register_ownership(manifest, db_url=db_url)["acme-encoder"]
+    enrolled = workflows.enrol_watermark_model(
+        owner, recipe=zoo_watermark_recipe(), alpha=0.05, zoo_cache=ZOO_CACHE, cache_dir=OWNERSHIP_CACHE,
+        downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, progress=False, database_url=db_url)
+    leaked = register_copy("leaked-encoder", enrolled.marked_model_id, db_url=db_url)
+    workflows.verify_watermark_suspect(enrolled.marked_model_id, leaked, run_key=runs[0], zoo_cache=ZOO_CACHE,
+                                       database_url=db_url)
+    workflows.run_theft_risk(enrolled.marked_model_id, budgets="25%", reference_budget="25%",
+                             recipe=StealRecipe(epochs=ZOO_THEFT_EPOCHS, lr=0.05),
+                             downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, zoo_cache=ZOO_CACHE, out_dir=out_dir,
+                             run_key=runs[1], progress=False, database_url=db_url)
+    return OwnershipCase(enrolled.marked_model_id, leaked, runs, file_sha256(enrolled.weights_path))
+
+
+@dataclass
+class ZooCases:
+    """The three report cases made on the ci zoo in one store."""
+
+    db_url: str
+    privacy: PrivacyCase
+    ownership: OwnershipCase
+
+    @property
+    def cases(self) -> dict[str, str]:
+        return {"subject": f"subject:{self.privacy.subject_id}",
+                "ownership": f"ownership:{self.ownership.owned_id}:{self.ownership.suspect_id}",
+                "run": f"run:{self.privacy.run_key}"}
+
+
+@pytest.fixture(scope="module")
+def zoo_cases(ci_zoo, pg_database_url, tmp_path_factory) -> Iterator[ZooCases]:
+    """Privacy and ownership findings on the ci zoo, made once per module on PostgreSQL
+    (the store and data folder selected through the environment while the module runs)."""
+    work = tmp_path_factory.mktemp("zoo-cases")
+    with zoo_store(pg_database_url, work / "var") as url:
+        yield ZooCases(url, make_privacy_findings(ci_zoo, url), make_ownership_findings(ci_zoo, url, work / "theft"))

@@ -48,3 +48,27 @@ def test_timers_count_a_call_that_raises():
         pass
     assert timers.calls["boom"] == 1 and timers.total["boom"] >= 0.02
     timers.restore()
+
+
+
+def test_instrumented_counts_the_handles_queries_and_restores(db_url, small_cnn_weights, png_images):
+    from audit_lib import registry
+    from audit_lib.bench.pipeline import instrumented
+    from audit_lib.encoders import open_handle
+    from audit_lib.encoders.cache import StoreBackedHandle
+    from audit_lib.store import session_scope
+
+    original = StoreBackedHandle.__init__
+    arch, path = small_cnn_weights
+    with session_scope(db_url) as s:
+        model = registry.add_model(s, name="cnn", kind="checkpoint", role="suspect", capabilities="image",
+                                   architecture=arch, weights_path=path)
+        s.expunge(model)
+    with instrumented() as timers:
+        open_handle(model, run_key="bench-1", db_url=db_url).encode_images(png_images[:3])
+        open_handle(model, run_key="bench-1", db_url=db_url).encode_images(png_images[:5])
+    assert StoreBackedHandle.__init__ is original
+    assert [(h.misses, h.hits) for h in timers.handles] == [(3, 0), (2, 3)]
+    assert timers.calls["cache_layer"] == 2 and timers.calls["model"] == 2
+    open_handle(model, run_key="bench-1", db_url=db_url)
+    assert len(timers.handles) == 2  # no longer collected

@@ -238,6 +238,9 @@ def test_ci_zoo_is_split_by_model_with_held_out_stolen_and_finetuned(ci_suspect_
 
 
 def test_held_out_stolen_and_finetuned_copies_are_detected_an_independent_is_not(ci_suspect_zoo, ci_fingerprint):
+    from tests.fixtures_ownership import require_ownership_zoo_tests
+
+    require_ownership_zoo_tests()
     zoo, _ = ci_suspect_zoo
     enrolment = ci_fingerprint
     cal = enrolment.calibration
@@ -285,7 +288,9 @@ def test_cli_enrol_then_verify_records_n_queries_and_the_finding(db_url, fingerp
     from audit_lib.store import session_scope
     from audit_lib.store.models import AuditRun, EvidenceItem, Finding
     from tests.fixtures_fingerprint import CI_STEPS
+    from tests.fixtures_ownership import require_ownership_zoo_tests
 
+    require_ownership_zoo_tests()
     runner = CliRunner()
     arch, weights, independents = fingerprint_reference
     zoo, _ = ci_suspect_zoo

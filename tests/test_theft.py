@@ -145,7 +145,8 @@ def test_theft_over_http_raises_agreement_above_independent_encoders(ownership_d
         assert key in finding.details
 
 
-def test_cli_steal_with_a_defence_over_http(ownership_zoo, sqlite_database_url, monkeypatch, tmp_path):
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_steal_with_a_defence_over_http(ownership_zoo, db_url, tmp_path):
     """`encoder-audit steal` end to end: the reference server applies the defence per key, the
     curve and the finding are stored, the PNG and JSON are written."""
     import json
@@ -157,11 +158,7 @@ def test_cli_steal_with_a_defence_over_http(ownership_zoo, sqlite_database_url, 
     from audit_lib.cli import app
     from audit_lib.store import session_scope
     from audit_lib.store.models import EvidenceItem, Finding
-    from tests.conftest import _clear
 
-    _clear(sqlite_database_url)
-    monkeypatch.setenv("AUDIT_DATABASE_URL", sqlite_database_url)
-    monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
     entry = ownership_zoo.entry("simclr-target")
     with session_scope() as s:
         registry.add_model(s, name="owned-simclr", kind="checkpoint", role="owned", capabilities="image",
@@ -175,11 +172,12 @@ def test_cli_steal_with_a_defence_over_http(ownership_zoo, sqlite_database_url, 
     assert "noise:0.1" in res.output and "finding" in res.output
     data = json.loads((tmp_path / "out" / "theft-curve.json").read_text())
     assert {p["defence"] for p in data["curve"]} == {"none", "noise:0.1"}
-    assert all(p["budget"] == 25 for p in data["curve"])  # 5% of 500 training images
+    budget = theft.parse_budgets("5%", data["train_size"])[0]
+    assert all(p["budget"] == budget for p in data["curve"])  # 5% of the target's training images
     assert (tmp_path / "out" / "theft-curve.png").read_bytes()[:4] == b"\x89PNG"
     with session_scope() as s:
         f = s.scalar(select(Finding).where(Finding.method == "theft"))
-        assert f is not None and f.details["curve"] and f.details["queries_by_key"]["none"] == 25
+        assert f is not None and f.details["curve"] and f.details["queries_by_key"]["none"] == budget
         assert s.scalar(select(EvidenceItem.id).where(EvidenceItem.kind == "finding")) is not None
     bad = CliRunner().invoke(app, ["steal", "--target", "owned-simclr", "--defence", "blur:3",
                                    "--zoo-cache", zoo_cache])

@@ -26,6 +26,10 @@ Measured, by wrapping functions in this process (no sampling):
   hash-chained evidence rows) plus storing findings;
 - ``airflow_s`` = wall - task_s: scheduling loop, task-instance state, XCom;
 - overhead = (airflow_s + db_s) / wall. Method compute (views, scoring) is the rest.
+
+Queries and cache hits are the handles' own counters (every input asked for counts once,
+including the members of IDIA's decoy text set, which the run records as one evidence
+item); ``evidence_rows`` is the number of query evidence rows the run's chain holds.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class PipelineBenchResult:
     queries: int
     cache_hits: int
     findings: dict[str, int]
+    evidence_rows: int = 0
     shares: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +93,7 @@ class Timers:
         self.calls: dict[str, int] = defaultdict(int)
         self._depth: dict[tuple[int, str], int] = defaultdict(int)
         self._undo: list[tuple[Any, str, Any]] = []
+        self.handles: list[Any] = []  # every StoreBackedHandle opened (for their query counters)
 
     def wrap(self, owner: Any, attr: str, name: str) -> None:
         original = getattr(owner, attr)
@@ -126,6 +132,8 @@ def instrumented() -> Iterator[Timers]:
     t.wrap(LocalEncoder, "encode_texts", "model")
     t.wrap(LocalEncoder, "forward_tensors", "forward")
     t.wrap(StoreBackedHandle, "_through_cache", "cache_layer")
+    t.wrap(StoreBackedHandle, "encode_text_set", "cache_layer")
+    _collect_instances(t, StoreBackedHandle)
     t.wrap(privacy, "_store", "store_finding")
     for module, attr in ((privacy, "run_chunk"), (privacy, "calibrate_version"), (privacy, "plan_identity_pairs"),
                          (privacy, "plan_membership_pairs"), (snapshot, "snapshot_registry"),
@@ -136,6 +144,18 @@ def instrumented() -> Iterator[Timers]:
         yield t
     finally:
         t.restore()
+
+
+def _collect_instances(timers: Timers, cls: type) -> None:
+    """Remember every instance of ``cls`` created while instrumented (in ``timers.handles``)."""
+    original = cls.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        timers.handles.append(self)
+
+    timers._undo.append((cls, "__init__", original))
+    cls.__init__ = init
 
 
 def _register(cfg: PipelineBenchConfig, manifest: Any) -> tuple[int, int]:
@@ -199,7 +219,7 @@ def _register(cfg: PipelineBenchConfig, manifest: Any) -> tuple[int, int]:
     return len(rows), len(entries)
 
 
-def _counts(run_key: str) -> tuple[int, int, dict[str, int]]:
+def _counts(run_key: str) -> tuple[int, dict[str, int]]:
     from sqlalchemy import func, select
 
     from audit_lib.store import session_scope
@@ -207,12 +227,11 @@ def _counts(run_key: str) -> tuple[int, int, dict[str, int]]:
 
     with session_scope() as s:
         run = s.scalar(select(AuditRun).where(AuditRun.run_key == run_key))
-        rows = s.execute(select(EvidenceItem.cached, func.count()).where(
-            EvidenceItem.run_id == run.id, EvidenceItem.kind != "finding").group_by(EvidenceItem.cached)).all()
-        by = {bool(c): int(n) for c, n in rows}
+        rows = s.scalar(select(func.count()).select_from(EvidenceItem).where(
+            EvidenceItem.run_id == run.id, EvidenceItem.kind != "finding"))
         found = s.execute(select(Finding.method, Finding.decision, func.count()).where(Finding.run_id == run.id)
                           .group_by(Finding.method, Finding.decision)).all()
-    return by.get(False, 0), by.get(True, 0), {f"{m}:{d}": int(n) for m, d, n in found}
+    return int(rows or 0), {f"{m}:{d}": int(n) for m, d, n in found}
 
 
 def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
@@ -255,7 +274,9 @@ def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
     tis = list(dr.get_task_instances())
     pairs = {"identity": sum(1 for t in tis if t.task_id == "identity_inference"),
              "membership": sum(1 for t in tis if t.task_id == "membership_inference")}
-    queries, hits, findings = _counts(f"privacy_audit/{dr.run_id}")
+    evidence_rows, findings = _counts(f"privacy_audit/{dr.run_id}")
+    queries = sum(int(h.misses) for h in timers.handles)
+    hits = sum(int(h.hits) for h in timers.handles)
     tm = dict(timers.total)
     db = tm.get("cache_layer", 0.0) - tm.get("model", 0.0) + tm.get("store_finding", 0.0)
     airflow = wall - tm.get("task", 0.0)
@@ -269,7 +290,8 @@ def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
         pairs={"identity_tasks": pairs["identity"], "membership_tasks": pairs["membership"]},
         task_instances=len(tis), state=str(dr.state), wall_s=round(wall, 2),
         timers_s={**{k: round(v, 2) for k, v in tm.items()}, "db": round(db, 2), "airflow": round(airflow, 2)},
-        queries=queries, cache_hits=hits, findings=findings, shares={k: round(v, 4) for k, v in shares.items()},
+        queries=queries, cache_hits=hits, findings=findings, evidence_rows=evidence_rows,
+        shares={k: round(v, 4) for k, v in shares.items()},
         machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()})
     out = Path(out or PROJECT_ROOT / "var" / "bench" / f"pipeline-{cfg.population}-{cfg.subjects}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +306,8 @@ def format_result(r: PipelineBenchResult) -> list[str]:
         f"privacy_audit: {r.subjects} subjects x {r.models} models ({r.config['population']}), "
         f"{r.task_instances} task instances ({r.pairs['identity_tasks']} identity, "
         f"{r.pairs['membership_tasks']} membership; {r.config['pairs_per_task']} pair(s) per task): {r.state}",
-        f"wall {r.wall_s:.1f} s; queries sent to models {r.queries}, answered from the cache {r.cache_hits}",
+        f"wall {r.wall_s:.1f} s; queries sent to models {r.queries}, answered from the cache {r.cache_hits}; "
+        f"{r.evidence_rows} query evidence rows in the run's chain",
         f"model work (preprocess + forward) {tm.get('model', 0):.1f} s = {sh['model']:.1%} of wall "
         f"(forward passes alone {sh['forward']:.1%})",
         f"overhead {sh['overhead']:.1%} of wall: Airflow {tm['airflow']:.1f} s ({sh['airflow']:.1%}), "

@@ -9,7 +9,17 @@
   misses reach the inner handle, so a second audit of the same inputs on the same version
   sends no request, and a finding can be recomputed from stored answers;
 - every query, cached or not, becomes an evidence item in the run's hash chain (input
-  hash, response hash = sha256 of the float32 little-endian vector, time, latency, cached).
+  hash, response hash = sha256 of the float32 little-endian vector, time, latency, cached);
+- a *text set* (:meth:`StoreBackedHandle.encode_text_set`: IDIA's ~21,000 decoy prompts,
+  the same for every subject) is a per-model-version artefact: its members are cached and
+  queried like any text, a manifest row in ``query_cache`` (kind ``text-set``) lists the
+  ordered member input and response hashes, each process keeps the embeddings in a small
+  memo, and a run records the whole set as ONE evidence item (kind ``text-set``: input =
+  :func:`member_set_sha256` of the ordered prompt hashes, response = the same digest of the
+  ordered response hashes). :func:`read_text_set` expands it again from the store;
+- with ``skip_recorded_repeats`` a cached answer that this process already recorded in the
+  run's chain (same kind, input and response) is not appended again (EncoderMI's reference
+  views are asked for by every pair of a privacy audit).
 
 Sessions are short (one per lookup, one per write) so long model calls hold no transaction.
 An answer is cached only after the inner handle returned it validated; a failing call
@@ -21,8 +31,11 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +49,10 @@ from audit_lib.store.models import AuditRun, ModelVersion, QueryCacheEntry, utcn
 log = logging.getLogger(__name__)
 
 LOOKUP_CHUNK = 500
+SET_KIND = "text-set"  # the manifest row in query_cache and the evidence item of a text set
+SET_MEMO_ENTRIES = 4  # text sets kept in memory per process (IDIA: ~21 MB each at d = 256)
+RECORDED_RUNS = 8  # runs whose recorded (kind, input, response) keys a process remembers
+RECORDED_KEYS_PER_RUN = 2_000_000  # beyond this a run's repeats are recorded again
 
 
 def vector_bytes(vec: np.ndarray) -> bytes:
@@ -45,6 +62,149 @@ def vector_bytes(vec: np.ndarray) -> bytes:
 
 def response_sha256(vec: np.ndarray) -> str:
     return hashlib.sha256(vector_bytes(vec)).hexdigest()
+
+
+def member_set_sha256(hashes: Sequence[str]) -> str:
+    """The digest that commits to an ordered list of sha256 hex digests: sha256 of the
+    digests joined by newlines (no trailing newline). A text set's evidence item has the
+    digest of its prompt hashes as input and that of its response hashes as response."""
+    return hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
+
+
+_SET_LOCK = threading.Lock()  # guards the two memos below
+_DIGESTS: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+
+def text_hashes(texts: Sequence[str]) -> tuple[str, ...]:
+    """The sha256 hex digests of texts (UTF-8), in order. The lists of the last few text
+    sets are remembered (keyed by one sha256 over the length-prefixed texts), so a
+    process that audits many subjects with the same decoy prompts hashes them once."""
+    whole = hashlib.sha256()
+    for t in texts:
+        b = str(t).encode("utf-8")
+        whole.update(len(b).to_bytes(8, "little"))
+        whole.update(b)
+    key = whole.hexdigest()
+    with _SET_LOCK:
+        hit = _DIGESTS.get(key)
+        if hit is not None:
+            _DIGESTS.move_to_end(key)
+            return hit
+    out = tuple(hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in texts)
+    with _SET_LOCK:
+        _DIGESTS[key] = out
+        while len(_DIGESTS) > SET_MEMO_ENTRIES:
+            _DIGESTS.popitem(last=False)
+    return out
+
+
+@dataclass(frozen=True)
+class _MemoSet:
+    """A text set's answers as one process keeps them (read-only embeddings)."""
+
+    embeddings: np.ndarray
+    response_sha256: str
+
+
+_SET_MEMO: OrderedDict[tuple[str, str], _MemoSet] = OrderedDict()
+
+
+def _memo_get(key: tuple[str, str]) -> _MemoSet | None:
+    with _SET_LOCK:
+        hit = _SET_MEMO.get(key)
+        if hit is not None:
+            _SET_MEMO.move_to_end(key)
+        return hit
+
+
+def _memo_put(key: tuple[str, str], value: _MemoSet) -> None:
+    with _SET_LOCK:
+        _SET_MEMO[key] = value
+        _SET_MEMO.move_to_end(key)
+        while len(_SET_MEMO) > SET_MEMO_ENTRIES:
+            _SET_MEMO.popitem(last=False)
+
+
+def clear_text_set_memo() -> None:
+    """Forget the in-process text sets (tests; a process that must re-read the store)."""
+    with _SET_LOCK:
+        _SET_MEMO.clear()
+        _DIGESTS.clear()
+
+
+def _set_manifest_bytes(inputs: Sequence[str], responses: Sequence[str]) -> bytes:
+    """The manifest row's payload: the raw 32-byte input digests in order, then the
+    response digests in the same order."""
+    return b"".join(bytes.fromhex(h) for h in inputs) + b"".join(bytes.fromhex(r) for r in responses)
+
+
+def read_text_set(session: Any, model_version: str, set_sha256: str) -> list[tuple[str, str]]:
+    """Expand a ``text-set`` evidence item from the store: the ordered (prompt sha256,
+    response sha256) pairs it commits to. Checks that the manifest row's input hashes give
+    ``set_sha256`` and its response hashes give the recorded response digest, and that
+    every member is a ``text`` row of the query cache with that response hash, so an expert
+    can re-derive each member from the store (and re-embed the prompts to reproduce it).
+    Raises ``ValueError`` naming what does not fit."""
+    row = session.get(QueryCacheEntry, {"model_version": model_version, "input_sha256": set_sha256,
+                                        "kind": SET_KIND})
+    if row is None:
+        raise ValueError(f"text set {set_sha256[:12]}: no manifest row for model version {model_version[:12]}")
+    n, raw = int(row.dim), bytes(row.vector)
+    if len(raw) != 64 * n:
+        raise ValueError(f"text set {set_sha256[:12]}: manifest of {len(raw)} bytes for {n} members")
+    inputs = [raw[32 * i:32 * (i + 1)].hex() for i in range(n)]
+    responses = [raw[32 * (n + i):32 * (n + i + 1)].hex() for i in range(n)]
+    if member_set_sha256(inputs) != set_sha256:
+        raise ValueError(f"text set {set_sha256[:12]}: the manifest's prompt hashes do not give its digest")
+    if member_set_sha256(responses) != row.response_sha256:
+        raise ValueError(f"text set {set_sha256[:12]}: the manifest's response hashes do not give its digest")
+    stored: dict[str, str] = {}
+    unique = list(dict.fromkeys(inputs))
+    for i in range(0, len(unique), LOOKUP_CHUNK):
+        stored.update(session.execute(
+            select(QueryCacheEntry.input_sha256, QueryCacheEntry.response_sha256)
+            .where(QueryCacheEntry.model_version == model_version, QueryCacheEntry.kind == "text",
+                   QueryCacheEntry.input_sha256.in_(unique[i:i + LOOKUP_CHUNK]))).all())
+    bad = sum(1 for h, r in zip(inputs, responses) if stored.get(h) != r)
+    if bad:
+        raise ValueError(f"text set {set_sha256[:12]}: {bad} member(s) missing from the query cache "
+                         "or answered differently there")
+    return list(zip(inputs, responses))
+
+
+@dataclass
+class _RunRecord:
+    """What one process appended to one run's chain: the (kind, input, response) keys and
+    the last row it wrote (checked against the store before the keys are trusted, so a
+    purged or re-created database is never taken for the remembered one)."""
+
+    anchor: tuple[int, str] | None = None
+    keys: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+_RECORDED: OrderedDict[tuple[str, str], _RunRecord] = OrderedDict()
+_RECORDED_LOCK = threading.Lock()
+
+
+def _run_record(session: Any, run: AuditRun) -> _RunRecord:
+    """This process's record of ``run`` in this database, validated against the store."""
+    from audit_lib.store.models import EvidenceItem
+
+    key = (str(session.get_bind().url), run.run_key)
+    with _RECORDED_LOCK:
+        rec = _RECORDED.get(key)
+        if rec is None:
+            rec = _RECORDED[key] = _RunRecord()
+            while len(_RECORDED) > RECORDED_RUNS:
+                _RECORDED.popitem(last=False)
+        _RECORDED.move_to_end(key)
+    if rec.anchor is not None:
+        seq, row_hash = rec.anchor
+        stored = session.scalar(select(EvidenceItem.row_hash).where(EvidenceItem.run_id == run.id,
+                                                                    EvidenceItem.seq == seq))
+        if stored != row_hash:
+            rec.anchor, rec.keys = None, set()
+    return rec
 
 
 def _image_bytes(image: Any) -> bytes:
@@ -71,6 +231,7 @@ class StoreBackedHandle:
         self.run_kind = run_kind
         self.hits = 0
         self.misses = 0
+        self.skip_recorded_repeats = False  # see the module doc; the privacy pipeline sets it
         self.model_version_id: int
         self._version: str
         self._resolve_version()
@@ -99,6 +260,98 @@ class StoreBackedHandle:
         data = [str(t).encode("utf-8") for t in texts]
         return self._through_cache(data, "text", lambda batch: self.inner.encode_texts(
             [b.decode("utf-8") for b in batch]))
+
+    def encode_text_set(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed a text set shared by many audits of this model version (IDIA's decoy
+        prompts), recorded in the run as ONE ``text-set`` evidence item.
+
+        The first call in a process reads the members from the query cache (only misses
+        reach the model, each recorded as an ordinary ``text`` query), writes the set's
+        manifest row and keeps the embeddings in memory; later calls for the same model
+        version and prompt list read nothing but the manifest row's key. Every member
+        counts as a hit or a miss, as through :meth:`encode_texts`."""
+        if "text" not in self.capabilities:
+            raise NotApplicable("this model has no text embeddings")
+        texts = list(texts)
+        n = len(texts)
+        if n == 0:
+            return np.empty((0, self.embedding_dim), dtype=np.float32)
+        hashes = list(text_hashes(texts))
+        set_sha = member_set_sha256(hashes)
+        key = (self._version, set_sha)
+        when = utcnow()
+        memo = _memo_get(key)
+        if memo is not None and self._record_memo_set(set_sha, memo, when):
+            self.hits += n
+            return memo.embeddings
+        t0 = time.perf_counter()
+        found = self._lookup(hashes, "text")
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in found:
+                first_of.setdefault(h, i)
+        order = list(first_of)
+        fresh: dict[str, np.ndarray] = {}
+        miss_ms = 0.0
+        if order:
+            t1 = time.perf_counter()
+            emb = np.asarray(self.inner.encode_texts([str(texts[first_of[h]]) for h in order]), dtype=np.float32)
+            miss_ms = (time.perf_counter() - t1) * 1000 / len(order)
+            self._check(emb, len(order))
+            fresh = dict(zip(order, emb))
+        out = np.empty((n, self.embedding_dim), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            out[i] = found[h] if h in found else fresh[h]
+        resp = [response_sha256(v) for v in out]
+        resp_sha = member_set_sha256(resp)
+        self._store_set(set_sha, hashes, resp, resp_sha, fresh, miss_ms,
+                        (time.perf_counter() - t0) * 1000, when)
+        self.hits += n - len(fresh)
+        self.misses += len(fresh)
+        out.setflags(write=False)
+        _memo_put(key, _MemoSet(out, resp_sha))
+        return out
+
+    def _record_memo_set(self, set_sha: str, memo: _MemoSet, when: datetime) -> bool:
+        """Record a set answered from the process memo; False when the store lacks its
+        manifest row (another database, or a purged cache): then it is read again."""
+        from audit_lib.store.db import session_scope
+
+        with session_scope(self.db_url) as s:
+            stored = s.scalar(select(QueryCacheEntry.response_sha256).where(
+                QueryCacheEntry.model_version == self._version, QueryCacheEntry.input_sha256 == set_sha,
+                QueryCacheEntry.kind == SET_KIND))
+            if stored != memo.response_sha256:
+                return False
+            run = self._run(s)
+            if run is not None:
+                self._append(s, run, SET_KIND, [set_sha], [memo.response_sha256], [True], 0.0, when)
+        return True
+
+    def _store_set(self, set_sha: str, hashes: list[str], resp: list[str], resp_sha: str,
+                   fresh: dict[str, np.ndarray], miss_ms: float, total_ms: float, when: datetime) -> None:
+        """One transaction: the fresh members' cache rows, the set's manifest row, the
+        fresh queries' evidence and the set's evidence item."""
+        from audit_lib.store.db import session_scope
+
+        with session_scope(self.db_url) as s:
+            if fresh:
+                self._insert_cache(s, "text", fresh)
+            self._insert_rows(s, [{"model_version": self._version, "input_sha256": set_sha, "kind": SET_KIND,
+                                   "dim": len(hashes), "vector": _set_manifest_bytes(hashes, resp),
+                                   "response_sha256": resp_sha, "created_at": utcnow()}])
+            stored = s.scalar(select(QueryCacheEntry.response_sha256).where(
+                QueryCacheEntry.model_version == self._version, QueryCacheEntry.input_sha256 == set_sha,
+                QueryCacheEntry.kind == SET_KIND))
+            if stored != resp_sha:
+                raise RuntimeError(f"model {self.model_id}: the text set {set_sha[:12]} is stored with other "
+                                   "answers (a concurrent task embedded it differently); re-run the task")
+            run = self._run(s)
+            if run is not None:
+                order = list(fresh)
+                self._append(s, run, "text", order, [response_sha256(fresh[h]) for h in order],
+                             [False] * len(order), miss_ms, when)
+                self._append(s, run, SET_KIND, [set_sha], [resp_sha], [not fresh], total_ms, when)
 
     # --- version ------------------------------------------------------------------------
     def _resolve_version(self) -> None:
@@ -231,9 +484,14 @@ class StoreBackedHandle:
         return out
 
     def _insert_cache(self, session: Any, kind: str, fresh: dict[str, np.ndarray]) -> None:
-        rows = [{"model_version": self._version, "input_sha256": h, "kind": kind,
-                 "dim": int(v.shape[0]), "vector": vector_bytes(v), "response_sha256": response_sha256(v),
-                 "created_at": utcnow()} for h, v in fresh.items()]
+        self._insert_rows(session, [{"model_version": self._version, "input_sha256": h, "kind": kind,
+                                     "dim": int(v.shape[0]), "vector": vector_bytes(v),
+                                     "response_sha256": response_sha256(v), "created_at": utcnow()}
+                                    for h, v in fresh.items()])
+
+    @staticmethod
+    def _insert_rows(session: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert query_cache rows; a row already there (same key) is kept as it is."""
         dialect = session.get_bind().dialect.name
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -247,11 +505,37 @@ class StoreBackedHandle:
 
     def _append(self, session: Any, run: AuditRun, kind: str, hashes: list[str], resp: list[str],
                 cached: list[bool], latency_ms: float | list[float], when: datetime) -> None:
-        """Append one evidence item per query to the run's chain, as one batch."""
-        from audit_lib.evidence import EvidenceRow, append_evidence_many
+        """Append one evidence item per query to the run's chain, as one batch (without the
+        cached repeats this process already recorded in the run, with ``skip_recorded_repeats``).
+        The remembered keys are added when the caller's transaction commits."""
+        from sqlalchemy import event
+
+        from audit_lib.evidence import EvidenceRow, extend_chain
 
         lat = latency_ms if isinstance(latency_ms, list) else [latency_ms] * len(hashes)
-        append_evidence_many(session, run, [
-            EvidenceRow(kind=kind, input_sha256=h, response_sha256=r, model_version_id=self.model_version_id,
-                        cached=bool(c), latency_ms=float(ms), requested_at=when)
-            for h, r, c, ms in zip(hashes, resp, cached, lat)])
+        rows = [EvidenceRow(kind=kind, input_sha256=h, response_sha256=r, model_version_id=self.model_version_id,
+                            cached=bool(c), latency_ms=float(ms), requested_at=when)
+                for h, r, c, ms in zip(hashes, resp, cached, lat)]
+        if not self.skip_recorded_repeats:
+            if rows:
+                extend_chain(session, run, rows)
+            return
+        record = _run_record(session, run)
+        kept, keys = [], set()
+        for row in rows:
+            k = (row.kind, row.input_sha256, row.response_sha256)
+            if row.cached and (k in record.keys or k in keys):
+                continue
+            kept.append(row)
+            keys.add(k)
+        if not kept:
+            return
+        anchor = extend_chain(session, run, kept)
+
+        def remember(_session: Any) -> None:
+            with _RECORDED_LOCK:
+                if len(record.keys) + len(keys) <= RECORDED_KEYS_PER_RUN:
+                    record.keys |= keys
+                    record.anchor = anchor
+
+        event.listen(session, "after_commit", remember, once=True)

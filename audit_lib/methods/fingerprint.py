@@ -460,22 +460,6 @@ def calibrate(trained: TrainedFingerprint, alpha: float = 0.01) -> Calibration:
         fpr_upper_95=stats.clopper_pearson_upper(alarms, len(neg_logits)))
 
 
-def t_tail_p_value(observed_logit: float, null_logits: Sequence[float]) -> float:
-    """P(T >= t) for a new draw from a normal fitted to the null logits: t = (x - mean) /
-    (sd * sqrt(1 + 1/K)) with K - 1 degrees of freedom (the predictive distribution of one
-    more observation). Needs K >= 3 and a positive spread."""
-    from scipy.stats import t as student_t
-
-    null = np.asarray(null_logits, dtype=float)
-    if null.size < 3:
-        raise ValueError(f"parametric tail: needs at least 3 null logits, got {null.size}")
-    sd = float(null.std(ddof=1))
-    if sd <= 0:
-        raise ValueError("parametric tail: the null logits have no spread")
-    t = (observed_logit - float(null.mean())) / (sd * math.sqrt(1 + 1 / null.size))
-    return float(student_t.sf(t, df=null.size - 1))
-
-
 @dataclass(frozen=True)
 class Decision:
     """The calibrated answer for one score."""
@@ -489,25 +473,11 @@ class Decision:
 
 
 def decide(logit: float, null_logits: Sequence[float], alpha: float) -> Decision:
-    """Rank p-value among the held-out negatives' logits (ranking logits = ranking scores,
-    without float saturation near 1). When 1 / (K + 1) > alpha the rank p-value can never
-    reach alpha; then p is the Student-t predictive tail on the logits, used only when the
-    suspect also outranks every held-out negative (else the larger of the two p-values)."""
-    null = np.asarray(null_logits, dtype=float)
-    if null.size == 0:
-        raise ValueError("decision: the null (held-out negatives) is empty")
-    k = int(null.size)
-    p_rank = stats.empirical_p_value(logit, null)
-    sd = float(null.std(ddof=1)) if k > 1 else 0.0
-    p_param = t_tail_p_value(logit, null) if k >= 3 and sd > 0 else None
-    if 1 / (k + 1) <= alpha or p_param is None:
-        how, p = "rank", p_rank
-    else:
-        how = "t_tail"
-        p = p_param if p_rank <= 1 / (k + 1) else max(p_param, p_rank)
-    effect = (logit - float(null.mean())) / sd if sd > 0 else 0.0
-    return Decision(p_value=float(p), p_rank=p_rank, p_parametric=p_param, how=how,
-                    decision="positive" if p <= alpha else "negative", effect_size=float(effect))
+    """The suspect's verifier logit against the held-out negatives' logits (ranking logits =
+    ranking scores, without float saturation near 1): :func:`audit_lib.stats.rank_or_tail_test`."""
+    t = stats.rank_or_tail_test(logit, null_logits, alpha)
+    return Decision(p_value=t.p_value, p_rank=t.p_rank, p_parametric=t.p_parametric, how=t.how,
+                    decision="positive" if t.p_value <= alpha else "negative", effect_size=t.effect_size)
 
 
 def leave_one_out_false_alarms(null_logits: Sequence[float], alpha: float) -> int:

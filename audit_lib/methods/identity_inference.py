@@ -29,6 +29,12 @@ Departures from the paper, and why:
   - when the person's sex is registered, decoys are all of that sex (matched decoys, the
     METHOD-NOTES recommendation); otherwise equal by sex as published;
   - fewer than 3 photos is refused rather than evaluated (the paper reports from 3 up).
+
+Queries: the subject's own name prompts are ordinary text queries; the decoy prompts are
+the same for every subject with the same decoys, so a store-backed handle answers them as
+one text set (``encode_text_set``: fetched once per model version and process, ONE evidence
+item per audit committing to every prompt and answer); the finding's parameters carry the
+set's digest (``decoy_prompts_sha256``), the input hash of that evidence item.
 """
 
 from __future__ import annotations
@@ -191,6 +197,22 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def decoy_set_sha256(decoy_texts: Sequence[str]) -> str:
+    """The digest of the decoy prompts as a set evidence item commits to it: sha256 of the
+    ordered prompts' sha256 hex digests joined by newlines (``member_set_sha256``)."""
+    from audit_lib.encoders.cache import member_set_sha256, text_hashes
+
+    return member_set_sha256(text_hashes(decoy_texts))
+
+
+def _encode_decoys(handle, decoy_texts: list[str]) -> np.ndarray:  # noqa: ANN001 - any handle
+    """The decoy prompts' embeddings: through the handle's text-set path where it has one
+    (the store-backed handle: fetched once per model version and process, ONE evidence
+    item per audit instead of one per prompt), else as ordinary text queries."""
+    encode = getattr(handle, "encode_text_set", None) or handle.encode_texts
+    return encode(decoy_texts)
+
+
 def _not_applicable(reason: str, parameters: dict) -> FindingResult:
     return FindingResult(
         method=METHOD, method_version=METHOD_VERSION, hypothesis=HYPOTHESIS, statistic=None,
@@ -230,9 +252,12 @@ def run_idia(handle, images: Sequence[bytes], name: str, *, aliases: Sequence[st
     pool = list(decoys) if decoys is not None else _default_decoys(n_candidates, sex, seed, own)
     cands = build_candidates(name, aliases, decoys=pool, n_candidates=n_candidates)
     parameters["names_sha256"] = _digest(list(cands.names))
-    texts = prompt_texts(cands.names)
+    g = cands.group_size
+    own_texts, decoy_texts = prompt_texts(cands.names[:g]), prompt_texts(cands.names[g:])
+    parameters["decoy_prompts_sha256"] = decoy_set_sha256(decoy_texts)
     try:
-        text_emb = np.asarray(handle.encode_texts(texts), dtype=np.float64)
+        own_emb = np.asarray(handle.encode_texts(own_texts), dtype=np.float64)
+        decoy_emb = np.asarray(_encode_decoys(handle, decoy_texts), dtype=np.float64)
     except NotApplicable as exc:
         return _not_applicable(f"the model refused text queries: {exc}", parameters)
     image_emb = np.asarray(handle.encode_images(list(images), kind="image"), dtype=np.float64)
@@ -240,9 +265,12 @@ def run_idia(handle, images: Sequence[bytes], name: str, *, aliases: Sequence[st
         raise MethodInputError("identity inference: the model version changed during the run "
                                f"({version[:12]} -> {handle.model_version[:12]}); rerun the audit")
     n_t, n_c = len(TEMPLATES), len(cands.names)
-    if text_emb.shape[0] != n_t * n_c or image_emb.shape[0] != len(images):
+    texts_len = len(own_texts) + len(decoy_texts)
+    if (own_emb.shape[0] != n_t * g or decoy_emb.shape[0] != n_t * (n_c - g)
+            or image_emb.shape[0] != len(images)):
         raise MethodInputError("identity inference: the model returned the wrong number of embeddings")
-    scores = score_identities(image_emb, text_emb.reshape(n_t, n_c, -1), cands.identity)
+    text_emb = np.concatenate([own_emb.reshape(n_t, g, -1), decoy_emb.reshape(n_t, n_c - g, -1)], axis=1)
+    scores = score_identities(image_emb, text_emb, cands.identity)
     n_correct, member = published_decision(scores, 0, tau)
     observed = float(scores.composite[0])
     null = scores.composite[1:]
@@ -259,7 +287,7 @@ def run_idia(handle, images: Sequence[bytes], name: str, *, aliases: Sequence[st
                  for t, w, v in zip(TEMPLATES, scores.plurality, scores.votes_of_winner)]
     details = {
         "observed": observed, "null_scores": [float(x) for x in null],
-        "n_queries": len(texts) + len(images), "n_text_queries": len(texts),
+        "n_queries": texts_len + len(images), "n_text_queries": texts_len,
         "n_image_queries": len(images), "assumptions": list(ASSUMPTIONS),
         "templates": templates, "n_images": len(images), "n_candidates": n_c, "tau": tau,
         "published_decision": "member" if member else "non-member", "decoy_rank": decoy_rank,

@@ -391,9 +391,10 @@ def theft_finding(points: Sequence[CurvePoint], target_ref: Reference, independe
                   downstream: DownstreamRecipe = DownstreamRecipe()) -> FindingResult:
     """The theft-risk finding: the undefended copy's agreement with the target at
     ``reference_budget`` queries, ranked against independently trained encoders' agreement
-    with the target (empirical p-value). Positive = the API can be stolen at that budget
-    beyond what independent training explains."""
-    from audit_lib.stats import clopper_pearson_upper, empirical_p_value
+    with the target (rank p-value, or the Student-t predictive tail when there are too few
+    independents for the rank to reach alpha: :func:`audit_lib.stats.rank_or_tail_test`).
+    Positive = the API can be stolen at that budget beyond what independent training explains."""
+    from audit_lib.stats import clopper_pearson_upper, rank_or_tail_test
 
     ref = [p for p in points if p.defence == "none" and p.budget == reference_budget]
     if not ref:
@@ -402,7 +403,8 @@ def theft_finding(points: Sequence[CurvePoint], target_ref: Reference, independe
         raise ValueError("theft finding: no independent encoders for the null")
     observed = ref[0].agreement
     null = [compare(target_ref, r)["agreement"] for r in independent]
-    p = empirical_p_value(observed, null)
+    test = rank_or_tail_test(observed, null, alpha)
+    p = test.p_value
     ratio = ref[0].stolen_accuracy / target_ref.accuracy if target_ref.accuracy > 0 else None
     return FindingResult(
         method=METHOD, method_version=METHOD_VERSION,
@@ -410,13 +412,14 @@ def theft_finding(points: Sequence[CurvePoint], target_ref: Reference, independe
                     "downstream predictions no more than an independently trained encoder does"),
         statistic=observed,
         null_description=(f"downstream prediction agreement with the target of {len(null)} independently "
-                          "trained encoders (same classifier recipe); empirical p-value"),
+                          f"trained encoders (same classifier recipe); {'rank' if test.how == 'rank' else 'Student-t tail'} "
+                          "p-value"),
         p_value=p, alpha=alpha, decision="positive" if p <= alpha else "negative",
         effect_size=ratio,
         parameters={"recipe": recipe.as_dict(), "downstream": downstream.as_dict(),
                     "reference_budget": reference_budget, "budgets": sorted({pt.budget for pt in points}),
                     "defences": sorted({pt.defence for pt in points})},
-        details={"observed": observed, "null_scores": null,
+        details={"observed": observed, "null_scores": null, "p_rank": test.p_rank, "p_method": test.how,
                  "n_queries": int(sum(pt.budget for pt in points)),
                  "curve": [pt.as_dict() for pt in points],
                  "stolen_to_target_accuracy": ratio,
@@ -427,7 +430,9 @@ def theft_finding(points: Sequence[CurvePoint], target_ref: Reference, independe
                      "target's training set",
                      "the independent encoders are a fair sample of encoders trained without access to the target",
                      "the stolen copy is trained with the published StolenEncoder recipe; a stronger attacker "
-                     "could do better, so this is a lower bound on the risk"]},
+                     "could do better, so this is a lower bound on the risk",
+                     *(["the independent encoders' agreements are roughly normal (too few for a rank p-value to "
+                        "reach alpha, so a Student-t predictive tail was used)"] if test.how == "t_tail" else [])]},
     )
 
 

@@ -25,12 +25,18 @@ Where we depart, and why:
   the suspect sees the same pixels the owner committed to.
 - The paper's verification thresholds an output discrepancy; ours is a calibrated test
   (METHOD-NOTES "Evidence statistics"). H0: the suspect was not derived from the marked
-  encoder. The null population pools (a) the same statistic on the suspect for C control
-  perturbations of equal norm (delta's values shuffled over pixels with random signs: the
-  same L-inf and L2 norm and the same value histogram) and (b) the real delta's statistic on
-  the zoo's independently trained encoders, computed at enrolment. p = (1 + #{null >=
-  observed}) / (N + 1). (b) guards against adversarial transfer, which makes an
-  independent model respond to delta more than to a random perturbation of the same size.
+  encoder. Two nulls, and the watermark is found only when both reject (an
+  intersection-union test, p = max of the two, valid at level alpha):
+  (a) independence: the real delta's statistic on the zoo's independently trained encoders,
+  computed at enrolment. Adversarial perturbations transfer, so an independent encoder
+  responds to delta more than to a random perturbation; only other encoders' response to
+  the same delta is a fair null for it. With K encoders the rank p-value cannot go below
+  1 / (K + 1); when that exceeds alpha a Student-t predictive tail fitted to the K scores
+  is used (``audit_lib.stats.rank_or_tail_test``) and the finding says so.
+  (b) specificity: the statistic on the suspect for C control perturbations of equal norm
+  (delta's values shuffled over pixels with random signs: the same L-inf and L2 norm and
+  the same value histogram), so a suspect that shifts towards the key under any
+  perturbation is not called marked. Same rule (rank, or t tail when C is too small).
 - Everything the test needs (key, delta, controls, probes, alpha, the independent scores)
   is committed (hashed and timestamped, :mod:`audit_lib.ownership.artefacts`) before any
   suspect is queried.
@@ -249,41 +255,53 @@ def black_box_statistics(classify: Callable[[list[bytes]], np.ndarray], key: np.
 
 def decide(stats: Statistics, independent_scores: Sequence[float], *, mode: str, alpha: float,
            key_sha256: str, commitment_sha256: str, parameters: dict[str, Any] | None = None) -> FindingResult:
-    """The calibrated finding: observed statistic ranked against the pooled null (controls
-    on the suspect + the real delta on independent encoders)."""
-    from audit_lib.stats import clopper_pearson_upper, empirical_p_value
+    """The calibrated finding: the observed statistic against the independent encoders'
+    statistics for the real delta and against the suspect's own control perturbations;
+    p = max of the two p-values (both nulls must be rejected)."""
+    from audit_lib.stats import clopper_pearson_upper, rank_or_tail_test
 
-    null = [*stats.controls, *independent_scores]
-    p = empirical_p_value(stats.observed, null)
-    spread = float(np.std(null)) or 1.0
+    if not independent_scores:
+        raise ValueError("watermark decision: no independent-encoder statistics were committed at enrolment")
+    vs_independent = rank_or_tail_test(stats.observed, independent_scores, alpha)
+    vs_controls = rank_or_tail_test(stats.observed, stats.controls, alpha)
+    p = max(vs_independent.p_value, vs_controls.p_value)
     what = "mean paired similarity shift towards the key" if mode == "white_box" else \
         "share of marked probes classified as the key's class"
+    tails = [name for name, t in (("independent encoders", vs_independent), ("controls", vs_controls))
+             if t.how == "t_tail"]
+    assumptions = [
+        "under H0 the suspect's response to our watermark is exchangeable with independently trained "
+        "encoders' response to it, and with its own response to control perturbations of the same norm",
+        "the key, perturbation, probes, controls and alpha were committed before the suspect was queried "
+        "(commitment hash above)",
+        "the suspect's answers are its genuine embeddings (or classifier outputs) for the pixels sent"]
+    if tails:
+        assumptions.append(f"the null statistics of the {' and the '.join(tails)} are roughly normal (too few "
+                           "for a rank p-value to reach alpha, so a Student-t predictive tail was used)")
     return FindingResult(
         method=METHOD, method_version=METHOD_VERSION,
         hypothesis="H0: the suspect was not derived from our watermarked encoder (it responds to our "
-                   "watermark no more than to a control perturbation of equal norm, or than an "
-                   "independently trained encoder does)",
+                   "watermark no more than an independently trained encoder does, or no more than to a "
+                   "control perturbation of equal norm)",
         statistic=stats.observed,
-        null_description=(f"{what}: {len(stats.controls)} control perturbations of equal norm on the suspect "
-                          f"and the real watermark on {len(independent_scores)} independently trained "
-                          "encoders; empirical p-value"),
+        null_description=(f"{what}: the real watermark on {len(independent_scores)} independently trained "
+                          f"encoders ({vs_independent.how} p {vs_independent.p_value:.3g}) and "
+                          f"{len(stats.controls)} control perturbations of equal norm on the suspect "
+                          f"({vs_controls.how} p {vs_controls.p_value:.3g}); p is the larger"),
         p_value=p, alpha=alpha, decision="positive" if p <= alpha else "negative",
-        effect_size=float((stats.observed - float(np.mean(null))) / spread),
+        effect_size=vs_independent.effect_size,
         parameters=dict(parameters or {}, mode=mode),
-        details={"observed": stats.observed, "null_scores": null, "n_queries": stats.n_queries,
-                 "mode": mode, "shifts": stats.per_probe, "control_scores": stats.controls,
+        details={"observed": stats.observed, "null_scores": [*stats.controls, *independent_scores],
+                 "n_queries": stats.n_queries, "mode": mode, "shifts": stats.per_probe,
+                 "control_scores": stats.controls,
                  "independent_scores": [float(v) for v in independent_scores],
+                 "p_independent": vs_independent.p_value, "p_independent_how": vs_independent.how,
+                 "p_independent_rank": vs_independent.p_rank, "p_controls": vs_controls.p_value,
+                 "p_controls_how": vs_controls.how, "p_controls_rank": vs_controls.p_rank,
                  "key_sha256": key_sha256, "commitment_sha256": commitment_sha256,
-                 "min_attainable_p": 1 / (len(null) + 1),
-                 "independent_false_alarm_bound": (clopper_pearson_upper(0, len(independent_scores))
-                                                   if independent_scores else None),
-                 "assumptions": [
-                     "under H0 the suspect's response to our watermark is exchangeable with its response to "
-                     "control perturbations of the same norm and with independent encoders' response to our "
-                     "watermark",
-                     "the key, perturbation, probes, controls and alpha were committed before the suspect "
-                     "was queried (commitment hash above)",
-                     "the suspect's answers are its genuine embeddings (or classifier outputs) for the pixels sent"]},
+                 "min_attainable_p": max(1 / (len(independent_scores) + 1), 1 / (len(stats.controls) + 1)),
+                 "independent_false_alarm_bound": clopper_pearson_upper(0, len(independent_scores)),
+                 "assumptions": assumptions},
     )
 
 

@@ -38,7 +38,7 @@ STEPS = ("watermark", "zoo", "fingerprint", "calibration", "theft_risk")
 DEFAULT_PARAMS: dict[str, Any] = {
     # The ci settings of the ownership tests (same caches): see tests/fixtures_ownership.py
     # and tests/fixtures_fingerprint.py. A GPU deployment raises them (e.g. suspect_zoo "full").
-    "zoo_profile": "ci", "zoo_entry": "simclr-target", "watermark_controls": 39, "watermark_alpha": 0.05,
+    "zoo_profile": "ci", "zoo_entry": "simclr-target", "watermark_controls": 39, "watermark_alpha": 0.01,
     "downstream_per_class": 30, "suspect_zoo": "ci", "n_fingerprints": 16, "fingerprint_steps": 60,
     "fingerprint_alpha": 0.01, "theft_budgets": "1%,5%,10%", "theft_epochs": 12, "theft_lr": 0.05,
 }

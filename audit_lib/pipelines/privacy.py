@@ -3,7 +3,9 @@ version, then identity and membership inference per subject x model pair.
 
 Each pair task computes one method's finding through the model's evidence-recording
 handle and stores it with ``store_finding`` (idempotent per run, method, target and model
-version), so a retried task recomputes from the query cache and writes nothing new.
+version), so a retried task recomputes from the query cache and writes nothing new. The
+handles skip cached repeats already recorded in the run's chain (``skip_recorded_repeats``:
+EncoderMI's reference views, asked for by every pair, are recorded once per run and process).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def calibrate_version(version: dict[str, Any], run_key: str, params: dict[str, A
 
     refs = load_reference_nonmembers(name)
     handle = open_model_handle(version["model_id"], run_key, db_url=db_url)
+    handle.skip_recorded_repeats = True
     views = [v for img in refs for v in make_views(img, int(p["n_views"]))]
     handle.encode_images(views, kind="view")
     out["n_null_inputs"] = len(refs)
@@ -177,6 +180,7 @@ def _checked_handle(pair: dict[str, int], run_key: str, db_url: str | None) -> A
     """The model's handle, refusing to go on when its version changed since the
     run's version check (the finding would be attached to the wrong version)."""
     handle = open_model_handle(pair["model_id"], run_key, db_url=db_url)
+    handle.skip_recorded_repeats = True
     if int(handle.model_version_id) != int(pair["model_version_id"]):
         raise RuntimeError(f"model {pair['model_id']} changed during the run: version id "
                            f"{handle.model_version_id}, checked {pair['model_version_id']}; "

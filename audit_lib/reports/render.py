@@ -178,7 +178,10 @@ def _finding_view(f: FindingView, show_target: bool) -> dict[str, Any]:
 
 
 def _headline(data: CaseData, views: list[dict[str, Any]]) -> tuple[str, int]:
-    tests = [v for v in views if v["decision"] in ("positive", "negative", "inconclusive")]
+    """The verdict line: positives among the tests of the case's claim. Theft-risk findings
+    are left out even when calibrated (a p-value and a decision): they measure how exposed
+    the owned model is, not whether the suspect or subject is what the case asks about."""
+    tests = [v for v in views if v["method"] != "theft" and v["decision"] in ("positive", "negative", "inconclusive")]
     pos = sum(v["decision"] == "positive" for v in tests)
     if not tests:
         return "No statistical test in this case (descriptive estimates only)", 0

@@ -79,8 +79,10 @@ METHODS: dict[str, MethodText] = {
         question="How cheaply could the owned model be copied through its API?",
         how=("A copy is trained only from the owned model's answers to a budget of queries, as a "
              "thief would, with and without output defences. The copy's accuracy on a downstream "
-             "task is compared with the original's. This is an estimate, not a test: it has no "
-             "p-value."),
+             "task is compared with the original's. This estimates how exposed the owned model "
+             "is; it is not evidence about a suspect model. Where the copy's agreement with the "
+             "original is ranked among independently trained encoders, the p-value says how "
+             "unusual that agreement would be without theft."),
         reference=("Y. Liu, J. Jia, H. Liu, N. Z. Gong: \"StolenEncoder: Stealing Pre-trained Encoders "
                    "in Self-supervised Learning\", ACM CCS 2022; arXiv:2201.05889."),
         default_assumptions=("the surrogate images resemble what a thief could obtain",),
