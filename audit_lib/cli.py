@@ -13,6 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from audit_lib.cli_errors import fail
+from audit_lib.cli_errors import guarded as _guarded
+
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Audit pre-trained image encoders and keep the evidence.")
 db_app = typer.Typer(no_args_is_help=True, help="The evidence store.")
@@ -23,32 +26,10 @@ app.add_typer(subjects_app, name="subjects")
 app.add_typer(models_app, name="models")
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print a clear error and exit non-zero."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
 def _session():
     from audit_lib.store import session_scope
 
     return session_scope()
-
-
-def _guarded(fn):
-    """Run ``fn`` turning the service's input errors into a clean exit."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from audit_lib.registry import RegistryError
-
-    try:
-        return fn()
-    except RegistryError as exc:
-        fail(str(exc))
-    except (OperationalError, ProgrammingError) as exc:
-        if "no such table" in str(exc) or "does not exist" in str(exc):
-            fail("the evidence store has no schema yet: run `encoder-audit db upgrade`")
-        raise
 
 
 @db_app.command("upgrade")

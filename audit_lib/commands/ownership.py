@@ -18,10 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+from audit_lib.cli_errors import fail as _fail
 
 
 def _fingerprint_hook(name: str):  # noqa: ANN202 - a callable from another area

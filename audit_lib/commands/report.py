@@ -10,12 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from audit_lib.cli_errors import fail as _fail
+
 report_app = typer.Typer(no_args_is_help=True, help="PDF evidence reports for legal teams.")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @report_app.command("render")

@@ -12,12 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from audit_lib.cli_errors import fail as _fail
+from audit_lib.cli_errors import guarded
+
 web_app = typer.Typer(no_args_is_help=True, help="The web app for data protection officers.")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @web_app.command("add-user")
@@ -28,8 +26,6 @@ def add_user(
         help="name of an environment variable holding the password (else a prompt asks)")] = None,
 ) -> None:
     """Create a web user with a role; the password is hashed with scrypt."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
     from audit_lib.store import session_scope
     from audit_lib.web.users import UserError
     from audit_lib.web.users import add_user as create
@@ -40,16 +36,13 @@ def add_user(
             _fail(f"--password-env: the environment variable {password_env} is not set")
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    try:
+
+    def run() -> None:
         with session_scope() as s:
             user = create(s, name, password, role)
             typer.echo(f"added web user {user.username} ({user.role})")
-    except UserError as exc:
-        _fail(str(exc))
-    except (OperationalError, ProgrammingError) as exc:
-        if "no such table" in str(exc) or "does not exist" in str(exc):
-            _fail("the evidence store has no web_users table yet: run `encoder-audit db upgrade`")
-        raise
+
+    guarded(run, UserError)
 
 
 @web_app.command("list-users")
