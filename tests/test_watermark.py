@@ -153,7 +153,7 @@ def test_generated_delta_is_bounded_and_moves_marked_images_towards_the_key():
 
 
 def test_artefact_commit_load_and_tamper(db_url):
-    from sqlalchemy import update
+    from sqlalchemy import select, update
 
     from audit_lib.ownership import ArtefactError, commit_artefact, latest_artefact, load_artefact
     from audit_lib.store import session_scope
@@ -174,6 +174,12 @@ def test_artefact_commit_load_and_tamper(db_url):
         assert back.spec == {"alpha": 0.01, "n": 3}
         assert np.array_equal(back.tensors["key"], tensors["key"])
         assert back.tensors["delta"].dtype == np.int8
+    with session_scope() as s:  # a retried enrolment: the first commitment stands, no second row
+        again = commit_artefact(s, model_id=model_id, kind="watermark", tensors=tensors,
+                                spec={"alpha": 0.01, "n": 3})
+        assert (again.id, again.commitment_sha256, again.committed_at) == (art_id, art.commitment_sha256,
+                                                                           art.committed_at)
+        assert len(s.scalars(select(EnrolmentArtefact)).all()) == 1
     with session_scope() as s:  # the spec is changed after the commitment: refused
         row = s.get(EnrolmentArtefact, art_id)
         s.execute(update(EnrolmentArtefact).where(EnrolmentArtefact.id == art_id)

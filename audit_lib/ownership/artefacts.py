@@ -96,9 +96,18 @@ def commitment_hash(kind: str, model_id: int | None, payload_sha256: str, spec: 
 def commit_artefact(session: Session, *, model_id: int, kind: str, tensors: dict[str, np.ndarray],
                     spec: dict[str, Any]) -> Artefact:
     """Write an artefact row (payload, sha256, commitment, timestamp) and flush it, so it is
-    fixed before any suspect is queried. Returns the artefact as :func:`load_artefact` would."""
+    fixed before any suspect is queried. Returns the artefact as :func:`load_artefact` would.
+    Committing the same payload again for the same model and kind (a retried enrolment)
+    returns the first commitment unchanged: its timestamp is the one that predates queries."""
+    from sqlalchemy import select
+
     payload = pack_payload(tensors, spec)
     payload_sha = hashlib.sha256(payload).hexdigest()
+    existing = session.scalar(select(EnrolmentArtefact).where(
+        EnrolmentArtefact.model_id == model_id, EnrolmentArtefact.kind == kind,
+        EnrolmentArtefact.sha256 == payload_sha))
+    if existing is not None:
+        return _from_row(existing)
     committed_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     # The spec is stored as it reads back from JSON, so the commitment recomputes exactly.
     spec = json.loads(canonical_json(spec))
