@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from audit_lib.config import PROJECT_ROOT
 
@@ -114,6 +115,33 @@ def init_embedded(home: Path | None = None) -> Path:
     migrate_metadata()
     ensure_pools()
     return path
+
+
+def fresh_embedded(folder: Path) -> Path:
+    """Empty ``folder`` and point the evidence store (SQLite) and an embedded Airflow at it,
+    for a self-contained run (the demo, the pipeline benchmark). Must run before anything
+    imports airflow. Returns AIRFLOW_HOME."""
+    from audit_lib.config import get_settings
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    os.environ["AUDIT_DATA_DIR"] = str(folder)
+    os.environ["AUDIT_DATABASE_URL"] = f"sqlite:///{folder / 'evidence.sqlite'}"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    get_settings.cache_clear()
+    return configure_embedded(folder / "airflow", override=True)
+
+
+def load_dags() -> dict[str, Any]:
+    """The project's DAGs by id, parsed from ``dags/``; RuntimeError naming the files that
+    failed to import."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG files failed to import: {bag.import_errors}")
+    return dict(bag.dags)
 
 
 def worker_hostname() -> str:

@@ -113,12 +113,12 @@ def finish_run(session: Session, run: AuditRun, status: str = "success") -> None
 
 def append_evidence(session: Session, run: AuditRun, *, kind: str, input_sha256: str,
                     response_sha256: str, model_version_id: int | None = None, cached: bool = False,
-                    latency_ms: float = 0.0, requested_at: datetime | None = None) -> EvidenceItem:
+                    latency_ms: float = 0.0, requested_at: datetime | None = None) -> tuple[int, str]:
     """Append one query to the run's chain (see :func:`append_evidence_many`)."""
     return append_evidence_many(session, run, [EvidenceRow(
         kind=kind, input_sha256=input_sha256, response_sha256=response_sha256,
         model_version_id=model_version_id, cached=cached, latency_ms=latency_ms,
-        requested_at=requested_at)])[0]
+        requested_at=requested_at)])
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,11 @@ def _chain_tip(session: Session, run: AuditRun) -> tuple[int, str]:
     return (last[0], last[1]) if last is not None else (0, genesis_hash(run.run_key))
 
 
-def extend_chain(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> tuple[int, str]:
-    """Append queries to the run's chain as :func:`append_evidence_many` does (the same rows
-    and row hashes), as one bulk INSERT without ORM objects: a model version's first audit
-    appends tens of thousands. Returns the chain's new (last seq, head)."""
+def append_evidence_many(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> tuple[int, str]:
+    """Append queries to the run's chain in order, as one bulk INSERT (a model version's
+    first audit appends tens of thousands). The run row is locked (PostgreSQL) so that
+    concurrent tasks of one run append in a single order; the chain continues from the run's
+    last row. Returns the chain's new (last seq, head)."""
     from sqlalchemy import insert
 
     seq, prev = _chain_tip(session, run)
@@ -167,28 +168,6 @@ def extend_chain(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> tu
     if values:
         session.execute(insert(EvidenceItem), values)
     return seq, prev
-
-
-def append_evidence_many(session: Session, run: AuditRun, rows: list[EvidenceRow]) -> list[EvidenceItem]:
-    """Append queries to the run's chain in order, in one flush (an audit sends thousands;
-    :func:`extend_chain` does the same without ORM objects). The run row is locked
-    (PostgreSQL) so that concurrent tasks of one run append in a single order; the chain
-    continues from the run's last row."""
-    seq, prev = _chain_tip(session, run)
-    now = utcnow()
-    items = []
-    for row in rows:
-        seq += 1
-        item = EvidenceItem(run_id=run.id, seq=seq, kind=row.kind, model_version_id=row.model_version_id,
-                            input_sha256=row.input_sha256, response_sha256=row.response_sha256,
-                            cached=bool(row.cached), latency_ms=float(row.latency_ms),
-                            requested_at=row.requested_at or now, prev_hash=prev, row_hash="")
-        item.row_hash = evidence_row_hash(item, prev)
-        prev = item.row_hash
-        items.append(item)
-    session.add_all(items)
-    session.flush()
-    return items
 
 
 @dataclass(frozen=True)

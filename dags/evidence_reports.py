@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.sdk import Asset, Param, dag, task
 
-from audit_lib.pipelines import DEFAULT_ARGS, REPORT_REQUESTS_ASSET
+from audit_lib.pipelines import DAG_DEFAULTS, REPORT_REQUESTS_ASSET
 
 REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
 
@@ -14,10 +14,8 @@ REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
 @dag(
     dag_id="evidence_reports",
     schedule=[REPORT_REQUESTS],
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
     tags=["encoder-audit", "reports"],
-    default_args=DEFAULT_ARGS,
+    **DAG_DEFAULTS,
     params={"cases": Param(None, type=["null", "array"],
                            description='cases to render, e.g. ["subject:12", "ownership:3:7"]')},
 )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
-from audit_lib.pipelines import DEFAULT_ARGS, MODEL_TASK
+from audit_lib.pipelines import DAG_DEFAULTS, MODEL_TASK
 
 _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits its artefact. "
              "**Failure** names the step and why (for example: not part of this build, "
@@ -16,10 +16,8 @@ _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits i
 @dag(
     dag_id="model_enrolment",
     schedule=None,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
     tags=["encoder-audit", "ownership", "enrolment"],
-    default_args=DEFAULT_ARGS,
+    **DAG_DEFAULTS,
     params={
         "model_id": Param(type="integer", minimum=1, description="the owned model to enrol"),
         "zoo_profile": Param("ci", enum=["ci", "full", "smoke"],

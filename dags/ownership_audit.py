@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
 from audit_lib.pipelines import (
-    DEFAULT_ARGS,
+    DAG_DEFAULTS,
     MODEL_TASK,
     REMOTE_RETRIES,
     REPORT_REQUESTS_ASSET,
@@ -21,11 +21,9 @@ REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
 @dag(
     dag_id="ownership_audit",
     schedule=schedule_from_env("ownership_audit", "@daily"),
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
     max_active_runs=1,
     tags=["encoder-audit", "ownership", "awencoder", "metav"],
-    default_args=DEFAULT_ARGS,
+    **DAG_DEFAULTS,
     params={
         "model_ids": Param(None, type=["null", "array"], description="only these owned/suspect models"),
         "alpha": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=0.5,

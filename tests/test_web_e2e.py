@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from audit_lib.config import PROJECT_ROOT
+from audit_lib.server.testing import free_port
 from tests.conftest import FACES
 from tests.fixtures_web import DPO, VIEWER, add_web_users, seed_finding
 
@@ -36,12 +36,6 @@ pytestmark = [
                        "-y --no-install-recommends chromium fonts-liberation"),
     pytest.mark.skipif(not FACES.is_dir(), reason="../shared/data/faces is not present"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -62,7 +56,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     db_url = f"sqlite:///{root / 'evidence.sqlite'}"
     upgrade(db_url)
     add_web_users(db_url)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AUDIT_DATABASE_URL": db_url, "AUDIT_DATA_DIR": str(data_dir),
            "HF_HUB_OFFLINE": "1"}
     env.pop("AUDIT_WEB_SECRET_KEY", None)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import defaultdict
@@ -237,19 +236,9 @@ def _counts(run_key: str) -> tuple[int, dict[str, int]]:
 def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
                        progress: Callable[[str], None] = log.info) -> PipelineBenchResult:
     """Run the benchmark in a fresh folder; must run before anything imports airflow."""
-    work = PROJECT_ROOT / "var" / "bench" / f"pipeline-{cfg.population}-{cfg.subjects}"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    os.environ["AUDIT_DATA_DIR"] = str(work)
-    os.environ["AUDIT_DATABASE_URL"] = f"sqlite:///{work / 'evidence.sqlite'}"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from audit_lib.airflow_env import configure_embedded
-    from audit_lib.config import get_settings
+    from audit_lib.airflow_env import ensure_pools, fresh_embedded, load_dags, migrate_metadata
 
-    get_settings.cache_clear()
-    configure_embedded(work / "airflow", override=True)
-    from audit_lib.airflow_env import DAGS_FOLDER, ensure_pools, migrate_metadata
+    fresh_embedded(PROJECT_ROOT / "var" / "bench" / f"pipeline-{cfg.population}-{cfg.subjects}")
     from audit_lib.pipelines.caches import load_zoo
     from audit_lib.store import upgrade
 
@@ -259,12 +248,7 @@ def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
     n_subjects, n_models = _register(cfg, manifest)
     migrate_metadata()
     ensure_pools()
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
-    if bag.import_errors:
-        raise RuntimeError(f"DAG files failed to import: {bag.import_errors}")
-    dag = bag.dags["privacy_audit"]
+    dag = load_dags()["privacy_audit"]
     conf = {"n_candidates": cfg.n_candidates, "n_views": cfg.n_views, "pairs_per_task": cfg.pairs_per_task}
     progress(f"privacy_audit on {n_subjects} subjects x {n_models} models ({conf})")
     with instrumented() as timers:

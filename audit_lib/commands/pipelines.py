@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from audit_lib.cli_errors import fail
+
 DAGS = {"privacy-audit": "privacy_audit", "ownership-audit": "ownership_audit",
         "evidence-reports": "evidence_reports", "model-enrolment": "model_enrolment"}
 
@@ -74,16 +76,13 @@ def register(app: typer.Typer) -> None:
         try:
             params = json.loads(conf) if conf else {}
         except json.JSONDecodeError as exc:
-            typer.secho(f"error: --conf is not valid JSON ({exc})", err=True, fg="red")
-            raise typer.Exit(2) from None
+            fail(f"--conf is not valid JSON ({exc})")
         from audit_lib.airflow_env import init_embedded
 
         init_embedded()
-        from airflow.dag_processing.dagbag import DagBag
+        from audit_lib.airflow_env import load_dags
 
-        from audit_lib.airflow_env import DAGS_FOLDER
-
-        dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags[DAGS[name]]
+        dag = load_dags()[DAGS[name]]
         dr = dag.test(run_conf=params)
         typer.echo(f"{DAGS[name]} {dr.run_id}: {dr.state}")
         if str(dr.state) != "success":

@@ -285,29 +285,12 @@ class StoreBackedHandle:
             self.hits += n
             return memo.embeddings
         t0 = time.perf_counter()
-        found = self._lookup(hashes, "text")
-        first_of: dict[str, int] = {}
-        for i, h in enumerate(hashes):
-            if h not in found:
-                first_of.setdefault(h, i)
-        order = list(first_of)
-        fresh: dict[str, np.ndarray] = {}
-        miss_ms = 0.0
-        if order:
-            t1 = time.perf_counter()
-            emb = np.asarray(self.inner.encode_texts([str(texts[first_of[h]]) for h in order]), dtype=np.float32)
-            miss_ms = (time.perf_counter() - t1) * 1000 / len(order)
-            self._check(emb, len(order))
-            fresh = dict(zip(order, emb))
-        out = np.empty((n, self.embedding_dim), dtype=np.float32)
-        for i, h in enumerate(hashes):
-            out[i] = found[h] if h in found else fresh[h]
+        out, _found, fresh, _lookup_ms, miss_ms = self._answers(
+            hashes, "text", lambda idx: self.inner.encode_texts([str(texts[i]) for i in idx]))
         resp = [response_sha256(v) for v in out]
         resp_sha = member_set_sha256(resp)
         self._store_set(set_sha, hashes, resp, resp_sha, fresh, miss_ms,
                         (time.perf_counter() - t0) * 1000, when)
-        self.hits += n - len(fresh)
-        self.misses += len(fresh)
         out.setflags(write=False)
         _memo_put(key, _MemoSet(out, resp_sha))
         return out
@@ -438,40 +421,18 @@ class StoreBackedHandle:
     def _through_cache(self, data: list[bytes], kind: str, compute) -> np.ndarray:  # noqa: ANN001
         from audit_lib.store.db import session_scope
 
-        n = len(data)
-        out = np.empty((n, self.embedding_dim), dtype=np.float32)
-        if n == 0:
-            return out
+        if not data:
+            return np.empty((0, self.embedding_dim), dtype=np.float32)
         hashes = [hashlib.sha256(b).hexdigest() for b in data]
-        t0, when = time.perf_counter(), utcnow()
-        found = self._lookup(hashes, kind)
-        lookup_ms = (time.perf_counter() - t0) * 1000 / n
-        first_of: dict[str, int] = {}
-        for i, h in enumerate(hashes):
-            if h not in found:
-                first_of.setdefault(h, i)
-        fresh: dict[str, np.ndarray] = {}
-        miss_ms = 0.0
-        if first_of:
-            order = list(first_of)
-            t1 = time.perf_counter()
-            emb = np.asarray(compute([data[first_of[h]] for h in order]), dtype=np.float32)
-            miss_ms = (time.perf_counter() - t1) * 1000 / len(order)
-            self._check(emb, len(order))
-            fresh = dict(zip(order, emb))
-        self.hits += n - len(fresh)
-        self.misses += len(fresh)
+        when = utcnow()
+        out, found, fresh, lookup_ms, miss_ms = self._answers(hashes, kind,
+                                                              lambda idx: compute([data[i] for i in idx]))
         cached_flags: list[bool] = []
         seen_fresh: set[str] = set()
-        for i, h in enumerate(hashes):
-            vec = found.get(h)
-            if vec is None:
-                vec = fresh[h]
-                cached_flags.append(h in seen_fresh)
+        for h in hashes:  # a repeat of a fresh input within the batch counts as cached
+            cached_flags.append(h in found or h in seen_fresh)
+            if h not in found:
                 seen_fresh.add(h)
-            else:
-                cached_flags.append(True)
-            out[i] = vec
         resp_hashes = [response_sha256(v) for v in out]
         if fresh or self.run_key is not None:
             with session_scope(self.db_url) as s:
@@ -482,6 +443,36 @@ class StoreBackedHandle:
                     latencies = [lookup_ms if c else miss_ms for c in cached_flags]
                     self._append(s, run, kind, hashes, resp_hashes, cached_flags, latencies, when)
         return out
+
+    def _answers(self, hashes: list[str], kind: str, compute: Any
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], float, float]:
+        """Answers for ``hashes`` in order: from the query cache where present, else from
+        ``compute(indices)`` called once with the first index of each distinct miss (the
+        answers are validated). Counts hits and misses. Returns (answers, cached by hash,
+        fresh by hash, lookup ms per input, model ms per miss)."""
+        n = len(hashes)
+        t0 = time.perf_counter()
+        found = self._lookup(hashes, kind)
+        lookup_ms = (time.perf_counter() - t0) * 1000 / max(n, 1)
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in found:
+                first_of.setdefault(h, i)
+        fresh: dict[str, np.ndarray] = {}
+        miss_ms = 0.0
+        if first_of:
+            order = list(first_of)
+            t1 = time.perf_counter()
+            emb = np.asarray(compute([first_of[h] for h in order]), dtype=np.float32)
+            miss_ms = (time.perf_counter() - t1) * 1000 / len(order)
+            self._check(emb, len(order))
+            fresh = dict(zip(order, emb))
+        out = np.empty((n, self.embedding_dim), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            out[i] = found[h] if h in found else fresh[h]
+        self.hits += n - len(fresh)
+        self.misses += len(fresh)
+        return out, found, fresh, lookup_ms, miss_ms
 
     def _insert_cache(self, session: Any, kind: str, fresh: dict[str, np.ndarray]) -> None:
         self._insert_rows(session, [{"model_version": self._version, "input_sha256": h, "kind": kind,
@@ -510,7 +501,7 @@ class StoreBackedHandle:
         The remembered keys are added when the caller's transaction commits."""
         from sqlalchemy import event
 
-        from audit_lib.evidence import EvidenceRow, extend_chain
+        from audit_lib.evidence import EvidenceRow, append_evidence_many
 
         lat = latency_ms if isinstance(latency_ms, list) else [latency_ms] * len(hashes)
         rows = [EvidenceRow(kind=kind, input_sha256=h, response_sha256=r, model_version_id=self.model_version_id,
@@ -518,7 +509,7 @@ class StoreBackedHandle:
                 for h, r, c, ms in zip(hashes, resp, cached, lat)]
         if not self.skip_recorded_repeats:
             if rows:
-                extend_chain(session, run, rows)
+                append_evidence_many(session, run, rows)
             return
         record = _run_record(session, run)
         kept, keys = [], set()
@@ -530,7 +521,7 @@ class StoreBackedHandle:
             keys.add(k)
         if not kept:
             return
-        anchor = extend_chain(session, run, kept)
+        anchor = append_evidence_many(session, run, kept)
 
         def remember(_session: Any) -> None:
             with _RECORDED_LOCK:

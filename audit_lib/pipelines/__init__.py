@@ -11,7 +11,7 @@ This package's ``__init__`` is imported at DAG parse time, so it holds only cons
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 GPU_QUEUE = os.environ.get("AUDIT_GPU_QUEUE", "gpu")
@@ -34,6 +34,12 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=5),
     "execution_timeout": timedelta(minutes=30), "queue": CPU_QUEUE,
 }
+
+
+DAG_DEFAULTS: dict[str, Any] = {
+    "start_date": datetime(2025, 1, 1, tzinfo=timezone.utc), "catchup": False, "default_args": DEFAULT_ARGS,
+}
+"""Keyword arguments every DAG of the project shares."""
 
 
 def run_key_for(dag_id: str, run_id: str) -> str:

@@ -15,8 +15,6 @@ and the PDFs' paths.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,22 +27,6 @@ log = logging.getLogger(__name__)
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def _fresh_environment(demo_dir: Path) -> None:
-    """A fresh demo folder and the variables that point the store and Airflow at it (set
-    before anything imports airflow)."""
-    if demo_dir.exists():
-        shutil.rmtree(demo_dir)
-    demo_dir.mkdir(parents=True)
-    os.environ["AUDIT_DATA_DIR"] = str(demo_dir)
-    os.environ["AUDIT_DATABASE_URL"] = f"sqlite:///{demo_dir / 'evidence.sqlite'}"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from audit_lib.airflow_env import configure_embedded
-    from audit_lib.config import get_settings
-
-    get_settings.cache_clear()
-    configure_embedded(demo_dir / "airflow", override=True)
 
 
 def _run(dags: dict, dag_id: str, conf: dict) -> float:
@@ -64,12 +46,14 @@ def main(n_candidates: int = 1000, profile: str = "ci", enrol: bool = True,
     """Run the whole demo in a fresh ``var/demo`` (the zoo and enrolment caches are kept).
     Returns seconds per stage."""
     demo_dir = Path(demo_dir or PROJECT_ROOT / "var" / "demo")
-    _fresh_environment(demo_dir)
+    from audit_lib.airflow_env import fresh_embedded
+
+    fresh_embedded(demo_dir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    from audit_lib.airflow_env import ensure_pools, migrate_metadata
+    from audit_lib.airflow_env import ensure_pools, load_dags, migrate_metadata
     from audit_lib.pipelines.caches import load_zoo, zoo_cache_root
     from audit_lib.pipelines.zoo_registry import register_copy, register_ownership, register_privacy
     from audit_lib.store import upgrade
@@ -88,14 +72,7 @@ def main(n_candidates: int = 1000, profile: str = "ci", enrol: bool = True,
     _say("== Airflow (embedded, SQLite metadata): db migrate, gpu pool")
     migrate_metadata()
     ensure_pools()
-    from airflow.dag_processing.dagbag import DagBag
-
-    from audit_lib.airflow_env import DAGS_FOLDER
-
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
-    if bag.import_errors:
-        raise SystemExit(f"DAG files failed to import: {bag.import_errors}")
-    dags = bag.dags
+    dags = load_dags()
     owned_id = own["acme-encoder"]
     ownership_models = [owned_id, *(v for k, v in own.items() if k != "acme-encoder")]
     if enrol:

@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audit_lib.airflow_env import embedded_env
+from audit_lib.server.testing import free_port
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -178,10 +178,11 @@ def _finding_view(f: FindingView, show_target: bool) -> dict[str, Any]:
 
 
 def _headline(data: CaseData, views: list[dict[str, Any]]) -> tuple[str, int]:
-    """The verdict line: positives among the tests of the case's claim. Theft-risk findings
-    are left out even when calibrated (a p-value and a decision): they measure how exposed
-    the owned model is, not whether the suspect or subject is what the case asks about."""
-    tests = [v for v in views if v["method"] != "theft" and v["decision"] in ("positive", "negative", "inconclusive")]
+    """The verdict line: positives among the tests of the case's claim. Methods that measure
+    the owned model rather than test the claim (``MethodText.tests_the_case``, e.g. the
+    theft-risk estimate) are left out even when calibrated."""
+    tests = [v for v in views if method_text(v["method"]).tests_the_case
+             and v["decision"] in ("positive", "negative", "inconclusive")]
     pos = sum(v["decision"] == "positive" for v in tests)
     if not tests:
         return "No statistical test in this case (descriptive estimates only)", 0

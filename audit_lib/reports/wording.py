@@ -19,6 +19,7 @@ class MethodText:
     how: str
     reference: str
     default_assumptions: tuple[str, ...]
+    tests_the_case: bool = True  # False: a measurement about the owned model (counted out of the verdict)
 
 
 METHODS: dict[str, MethodText] = {
@@ -86,6 +87,7 @@ METHODS: dict[str, MethodText] = {
         reference=("Y. Liu, J. Jia, H. Liu, N. Z. Gong: \"StolenEncoder: Stealing Pre-trained Encoders "
                    "in Self-supervised Learning\", ACM CCS 2022; arXiv:2201.05889."),
         default_assumptions=("the surrogate images resemble what a thief could obtain",),
+        tests_the_case=False,
     ),
 }
 
