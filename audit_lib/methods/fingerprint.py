@@ -32,13 +32,21 @@ Where we depart from the paper, and why:
   normal fitted to the held-out negatives' logits. Both p-values are reported.
 - Model selection: the verifier state with the best validation ARUC is kept (early
   stopping on the validation split, never on the test split).
+- P(pirated) is calibrated: V's logit goes through a Platt scaling ``sigmoid(a * logit + b)``
+  fitted on the validation split (L2-regularised logistic regression, classes weighted
+  equally; never the test split). V is trained to saturate on its training models, so its
+  raw sigmoid puts held-out independents near 0.5 however far below the copies they are;
+  the scaling is monotone, so it changes no rank and, being affine in the logit, no
+  decision (the p-value is computed on logits), only the probabilities that ARUC and the
+  reports read.
 
 Caveat, stated in every finding: the held-out negatives are a few independent encoders
 plus their pruned / quantised / fine-tuned variants, so they are clustered by family and
-the null is effectively smaller than its count; p-values are only as good as the claim
-that an independent suspect is exchangeable with them.
+the null is effectively smaller than its count (the finding names the number of families);
+p-values are only as good as the claim that an independent suspect is exchangeable with them.
 
-ARUC, pinned (``audit_lib.stats.aruc``): with scores s in [0, 1], robustness(tau) = share
+ARUC, pinned (``audit_lib.stats.aruc``): with scores s = the calibrated P(pirated) in
+[0, 1], robustness(tau) = share
 of positive suspects with s >= tau, uniqueness(tau) = share of negative suspects with
 s < tau, ARUC = integral over tau in [0, 1] of min(robustness, uniqueness) by the trapezoid
 rule on 1001 thresholds. 1.0 needs every positive at 1 and every negative at 0.
@@ -71,7 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 METHOD = "fingerprint"
-METHOD_VERSION = "metav-1"
+METHOD_VERSION = "metav-2"
 HYPOTHESIS = "H0: the suspect encoder was trained independently of the owned encoder"
 TRANSFORMS = ("identity", "flip", "blur", "noise", "translate")
 
@@ -114,6 +122,7 @@ class ZooEntry:
     label: int  # 1 = pirated (the owned model or a derivative), 0 = independent
     split: str  # train | val | test
     kind: str = ""  # finetune, prune, quantise, distil, stolen, independent, ...
+    family: str = ""  # the model it derives from ("owned" or an independent encoder)
 
 
 # --------------------------------------------------------------------------- parametrisation
@@ -261,6 +270,32 @@ def verifier_logit(verifier: torch.nn.Module, embeddings: np.ndarray) -> float:
         return float(verifier(x).reshape(()))
 
 
+def fit_platt(logits: Sequence[float], labels: Sequence[int], c: float = 1.0) -> tuple[float, float]:
+    """Platt scaling (Platt 1999) of V's logits: (a, b) minimising the class-balanced logistic
+    loss of ``sigmoid(a * logit + b)`` plus ``(a ** 2) / (2 c)`` (scikit-learn's
+    ``LogisticRegression(C=c, class_weight="balanced")`` on one feature). The penalty keeps
+    ``a`` finite when the two classes are separated, as they are when V works."""
+    from scipy.optimize import minimize
+
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if x.size == 0 or y.min() == y.max():
+        raise ValueError("Platt scaling needs validation models of both classes")
+    w = np.where(y == 1, x.size / (2 * y.sum()), x.size / (2 * (x.size - y.sum())))
+
+    def loss(theta: np.ndarray) -> float:
+        z = theta[0] * x + theta[1]
+        return float(np.sum(w * (np.logaddexp(0, z) - y * z)) + theta[0] ** 2 / (2 * c))
+
+    res = minimize(loss, np.array([1.0, 0.0]), method="BFGS")
+    return float(res.x[0]), float(res.x[1])
+
+
+def calibrated_score(logit: float, platt: Sequence[float]) -> float:
+    """P(pirated) after Platt scaling ``platt = (a, b)``."""
+    return sigmoid(platt[0] * logit + platt[1])
+
+
 def sigmoid(logit: float) -> float:
     """P(pirated) from V's logit, in float64 (stable for large |logit|)."""
     if logit >= 0:
@@ -281,6 +316,7 @@ class TrainedFingerprint:
     config: FingerprintConfig
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {logit, score, label, split, kind}
     history: list[dict[str, float]] = field(default_factory=list)
+    platt: tuple[float, float] = (1.0, 0.0)  # P(pirated) = sigmoid(a * logit + b), fitted on the validation split
 
     def split_scores(self, split: str, label: int) -> list[float]:
         return [v["score"] for v in self.scores.values() if v["split"] == split and v["label"] == label]
@@ -302,7 +338,8 @@ def score_zoo(entries: Sequence[ZooEntry], images_u8: np.ndarray, verifier: Any,
     out = {}
     for e in entries:
         logit = verifier_logit(verifier, embed(e.network, pngs))
-        out[e.name] = {"logit": logit, "score": sigmoid(logit), "label": e.label, "split": e.split, "kind": e.kind}
+        out[e.name] = {"logit": logit, "score": sigmoid(logit), "label": e.label, "split": e.split, "kind": e.kind,
+                       "family": e.family or e.name}
     return out
 
 
@@ -417,6 +454,12 @@ def _train(owned: Network, entries: Sequence[ZooEntry], init_images: np.ndarray,
     verifier.eval()
     result = TrainedFingerprint(images=images, verifier=verifier, dim=dim, config=config, history=history)
     result.scores = score_zoo([ZooEntry("owned", owned, 1, "owned", "owned"), *entries], images, verifier)
+    val_scores = [v for v in result.scores.values() if v["split"] == "val"]
+    if len({v["label"] for v in val_scores}) == 2:
+        result.platt = fit_platt([v["logit"] for v in val_scores], [v["label"] for v in val_scores])
+        for v in result.scores.values():
+            v["score"] = calibrated_score(v["logit"], result.platt)
+        log.info("fingerprint: Platt scaling a = %.3f, b = %.3f (validation split)", *result.platt)
     return result
 
 
@@ -436,6 +479,11 @@ class Calibration:
     test_positives_detected: int = 0  # held-out positives decided pirated at alpha
     false_alarms: int = 0  # held-out negatives decided pirated against the others (leave one out)
     fpr_upper_95: float = 1.0  # Clopper-Pearson upper bound on the false-alarm rate
+    platt: tuple[float, float] = (1.0, 0.0)  # P(pirated) = sigmoid(a * logit + b)
+    held_out_families: int = 0  # independent families behind the held-out negatives (the null's real size)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "platt", tuple(float(v) for v in self.platt))  # JSON gives a list
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -457,7 +505,9 @@ def calibrate(trained: TrainedFingerprint, alpha: float = 0.01) -> Calibration:
         test_aruc=stats.aruc(test_pos, test_neg) if test_pos else None,
         val_aruc=stats.aruc(val_pos, val_neg) if val_pos and val_neg else None, alpha=alpha,
         test_positives_detected=detected, false_alarms=alarms,
-        fpr_upper_95=stats.clopper_pearson_upper(alarms, len(neg_logits)))
+        fpr_upper_95=stats.clopper_pearson_upper(alarms, len(neg_logits)), platt=trained.platt,
+        held_out_families=len({v.get("family", name) for name, v in trained.scores.items()
+                               if v["split"] == "test" and v["label"] == 0}))
 
 
 @dataclass(frozen=True)
@@ -600,17 +650,19 @@ def verify(handle: EncoderHandle, enrolment: FingerprintEnrolment, alpha: float 
     logit = verifier_logit(enrolment.verifier(), emb)
     d = decide(logit, cal.negative_logits, alpha)
     k = len(cal.negative_scores)
+    families = f" from {cal.held_out_families} independent families" if cal.held_out_families else ""
     if d.how == "rank":
-        null_desc = (f"V's logits on {k} held-out independent encoders (never used in training or model "
+        null_desc = (f"V's logits on {k} held-out independent encoders{families} (never used in training or model "
                      f"selection); p = (1 + #{{neg >= s}}) / ({k} + 1)")
     else:
-        null_desc = (f"{k} held-out independent encoders: the rank p-value cannot go below 1/{k + 1} = "
+        null_desc = (f"{k} held-out independent encoders{families}: the rank p-value cannot go below 1/{k + 1} = "
                      f"{1 / (k + 1):.3f} > alpha, so p is the Student-t predictive tail of a normal "
                      "fitted to their verifier logits (parametric; see assumptions)")
         assumptions.append("the held-out negatives' verifier logits are roughly normal (parametric tail)")
-    details = {**base_details, "observed": logit, "score": sigmoid(logit), "logit": logit, "p_rank": d.p_rank,
+    details = {**base_details, "observed": logit, "score": calibrated_score(logit, cal.platt), "logit": logit, "p_rank": d.p_rank,
                "p_parametric": d.p_parametric, "p_method": d.how, "min_attainable_p_rank": 1 / (k + 1),
-               "null_false_alarms": cal.false_alarms, "null_fpr_upper_95": cal.fpr_upper_95, "assumptions": assumptions}
+               "null_false_alarms": cal.false_alarms, "null_fpr_upper_95": cal.fpr_upper_95,
+               "held_out_families": cal.held_out_families, "platt": list(cal.platt), "assumptions": assumptions}
     return FindingResult(method=METHOD, method_version=METHOD_VERSION, hypothesis=HYPOTHESIS,
                          statistic=logit, null_description=null_desc, p_value=d.p_value,
                          alpha=alpha, decision=d.decision, effect_size=d.effect_size,

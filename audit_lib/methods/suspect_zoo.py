@@ -13,7 +13,11 @@ negatives are encoders trained independently of it:
 - negatives: the zoo's independent encoders (other seeds, data, architectures) with the
   same embedding size, plus their own pruned / quantised / fine-tuned variants (a copy of
   someone else's model is still independent of ours, and it teaches the verifier that
-  "modified" does not mean "ours"), plus randomly initialised networks (train split only).
+  "modified" does not mean "ours"), plus randomly initialised networks (train split only),
+  plus ``extra_independents`` families the builder trains itself from scratch (SimCLR on
+  the zoo's images, the owned architecture, new seeds): the verifier generalises to a new
+  family only when it has seen several, and the held-out null is only as large as its
+  number of families.
 
 Split by model into train / val / test. Negatives are split by *family* (an independent
 encoder and all its variants land in the same split), which is stricter than by model:
@@ -43,8 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = "suspect-zoo-1"
+ZOO_VERSION = "suspect-zoo-2"
 SPLIT_CYCLE = ("train", "test", "val")
+FIDELITY_IMAGES = 128  # the infringer half's last images: no derivation trains on them
 
 
 @dataclass(frozen=True)
@@ -55,22 +60,36 @@ class SuspectZooConfig:
     finetune_images: int = 256  # images per fine-tuning epoch
     prune: tuple[float, ...] = (0.3, 0.5, 0.7)  # global magnitude-pruning sparsities
     quantise: tuple[str, ...] = ("int8", "fp16")  # weight quantisation schemes
-    distil_epochs: tuple[int, ...] = (3,)  # one distilled student per entry (white-box teacher)
-    distil_images: int = 512  # images the students see
-    steal_budgets: tuple[int, ...] = (200, 400)  # StolenEncoder query budgets (one stolen copy each)
-    steal_epochs: int = 4  # epochs over the stolen answers
+    distil_epochs: tuple[int, ...] = (20, 50)  # one distilled student per entry (white-box teacher)
+    distil_images: int = 384  # images the students see
+    steal_budgets: tuple[int, ...] = (128, 256, 512)  # StolenEncoder query budgets (one stolen copy each)
+    steal_epochs: int = 50  # epochs over the stolen answers
     steal_lambda: float = 20.0  # StolenEncoder lambda (paper: 20), k = 1 augmented view
     steal_lr: float = 0.05  # SGD lr (paper: 1e-3 for 100 epochs; we train a few epochs on a CPU)
     negative_prune: tuple[float, ...] = (0.5,)  # variants of each independent encoder
     negative_quantise: tuple[str, ...] = ("int8",)
     negative_finetune: tuple[tuple[float, int], ...] = ((1e-3, 1),)
     random_negatives: int = 2  # randomly initialised networks (train split only)
+    extra_independents: int = 0  # independent families the builder trains itself (SimCLR from scratch)
+    extra_epochs: int = 3  # their SimCLR epochs (the ci zoo's independents' recipe)
+    extra_images: int = 768  # their training images: a random subset of the zoo's images per family
     batch_size: int = 64  # all training loops
     seed: int = 0
     num_threads: int = 1  # torch CPU threads while building (1: several threads crawl on busy shared cores)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check_fits(self, n_images: int) -> None:
+        """The infringer's half of ``n_images`` must leave ``FIDELITY_IMAGES`` images that no
+        derivation trains on (the fidelity probe), and the thief's half must cover the budgets."""
+        half = n_images // 2
+        used = max(self.finetune_images, self.distil_images)
+        if used > half - FIDELITY_IMAGES:
+            raise ValueError(f"suspect zoo: fine-tuning / distillation use {used} of the {half} infringer images; "
+                             f"at most {half - FIDELITY_IMAGES} leave the {FIDELITY_IMAGES}-image fidelity probe unseen")
+        if self.steal_budgets and max(self.steal_budgets) > n_images - half:
+            raise ValueError(f"steal budget {max(self.steal_budgets)} exceeds the {n_images - half} surrogate images")
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,7 @@ class ZooRecord:
     architecture: str
     weights: str  # file name inside the zoo folder
     params: dict[str, Any] = field(default_factory=dict)
+    fidelity: float | None = None  # mean cosine with the owned model's embeddings on the unseen probe images
 
 
 @dataclass
@@ -122,7 +142,7 @@ class SuspectZoo:
             if expected is None or file_sha256(path) != expected:
                 raise ValueError(f"suspect zoo {self.root.name}: {r.weights} does not match its manifest hash; "
                                  "delete the folder to rebuild it")
-            out.append(ZooEntry(r.name, _load(r.architecture, path), r.label, r.split, r.kind))
+            out.append(ZooEntry(r.name, _load(r.architecture, path), r.label, r.split, r.kind, r.family))
         return out
 
     def weights_path(self, name: str) -> Path:
@@ -165,6 +185,21 @@ def _clone(network: Network, architecture: str) -> Network:
     net.module.load_state_dict(network.module.state_dict())
     net.module.eval()
     return net
+
+
+def fidelity(owned: Network, other: Network, images: np.ndarray) -> float:
+    """Mean cosine between ``other``'s and the owned model's embeddings of the same images:
+    how much of the owned model a derivative kept (about 0 for an independent encoder,
+    whose embedding basis is unrelated). The manifest lists it per model, so a "copy" that
+    copied nothing is visible before it is used as a positive."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        a = F.normalize(owned.encode_image(_to_input(owned, x)).float(), dim=1)
+        b = F.normalize(other.encode_image(_to_input(other, x)).float(), dim=1)
+    return float((a * b).sum(1).mean())
 
 
 # --------------------------------------------------------------------------- derivations
@@ -314,6 +349,20 @@ def steal(owned: Network, architecture: str, images: np.ndarray, *, budget: int,
         handle.close()
 
 
+def train_independent(architecture: str, images: np.ndarray, config: SuspectZooConfig, seed: int) -> Network:
+    """An encoder trained independently of the owned one: SimCLR from a fresh seeded
+    initialisation on a seeded random subset of ``images`` (the ci zoo's independents'
+    recipe: AdamW lr 3e-3, batch 128, temperature 0.2)."""
+    from audit_lib.zoo.recipes import SimCLRRecipe
+    from audit_lib.zoo.train import train_simclr
+
+    rng = np.random.default_rng(seed)
+    subset = np.sort(rng.choice(images.shape[0], size=min(config.extra_images, images.shape[0]), replace=False))
+    recipe = SimCLRRecipe(epochs=config.extra_epochs, batch_size=128, lr=3e-3, warmup_steps=5, temperature=0.2)
+    net, _ = train_simclr(architecture, images[subset], recipe, seed=seed, desc=f"independent {seed}", progress=False)
+    return net
+
+
 # --------------------------------------------------------------------------- the builder
 
 def config_hash(owned_architecture: str, owned_sha256: str, independents: Sequence[tuple[str, str, str]],
@@ -371,8 +420,10 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
     tmp = root.with_name(root.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
 
+    config.check_fits(images.shape[0])
     half = images.shape[0] // 2
     infringer_data, surrogate = images[:half], images[half:]
+    probe = infringer_data[-FIDELITY_IMAGES:]
     owned = _load(owned_architecture, owned_weights)
     dim = owned.embed_dim
     records: list[ZooRecord] = []
@@ -410,49 +461,57 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
         for j, split in zip(idxs, _round_robin(idxs)):
             pos_split[j] = split
 
-    usable = []
-    for m in independents:
-        from audit_lib.encoders.architectures import build
+    from audit_lib.encoders.architectures import build
 
+    # negative families: (name, architecture, how to get the base network, its params)
+    families: list[tuple[str, str, Any, dict[str, Any]]] = []
+    for m in independents:
         if build(m.architecture).embed_dim != dim:
             skipped.append(f"{m.name}: embedding size differs from the owned model's {dim}")
         else:
-            usable.append(m)
-    fam_split = dict(zip([m.name for m in usable], _round_robin(usable)))
+            families.append((m.name, m.architecture, lambda m=m: _load(m.architecture, Path(m.weights_path)), {}))
+    for i in range(config.extra_independents):
+        fseed = seed + 500 + i
+        families.append((f"extra-{i:02d}", owned_architecture,
+                         lambda fseed=fseed: train_independent(owned_architecture, images, config, fseed),
+                         {"trained_by": "suspect zoo", "epochs": config.extra_epochs, "seed": fseed,
+                          "images": min(config.extra_images, images.shape[0])}))
+    fam_split = dict(zip([f[0] for f in families], _round_robin(families)))
 
-    total = len(jobs) + len(usable) * (1 + len(config.negative_prune) + len(config.negative_quantise)
-                                       + len(config.negative_finetune)) + config.random_negatives
+    total = len(jobs) + len(families) * (1 + len(config.negative_prune) + len(config.negative_quantise)
+                                         + len(config.negative_finetune)) + config.random_negatives
     bar = tqdm(total=total, desc="suspect zoo", unit="model", leave=False)
 
     def keep(net: Network, rec: ZooRecord) -> None:
         _save(net, tmp / rec.weights)
+        rec.fidelity = round(fidelity(owned, net, probe), 4)
         records.append(rec)
         bar.update(1)
+        if rec.label == 1:
+            log.info("suspect zoo: %s (%s split) fidelity %.3f", rec.name, rec.split, rec.fidelity)
 
     owned_fam = "owned"
     for j, (kind, name, params, make) in enumerate(jobs):
         torch.manual_seed(seed + j)
         keep(make(), ZooRecord(name, 1, kind, owned_fam, pos_split[j], owned_architecture,
                                f"{name}.safetensors", params))
-    for k, m in enumerate(usable):
-        base = _load(m.architecture, Path(m.weights_path))
-        split = fam_split[m.name]
-        variants: list[tuple[str, str, dict[str, Any], Any]] = [("independent", m.name, {}, lambda b=base: b)]
+    for k, (fam, arch, get_base, base_params) in enumerate(families):
+        base = get_base()
+        split = fam_split[fam]
+        variants: list[tuple[str, str, dict[str, Any], Any]] = [("independent", fam, base_params, lambda b=base: b)]
         for s in config.negative_prune:
-            variants.append(("independent-prune", f"{m.name}-prune-{s:g}", {"sparsity": s},
-                             lambda s=s, m=m, b=base: prune_global(_clone(b, m.architecture), s)))
+            variants.append(("independent-prune", f"{fam}-prune-{s:g}", {"sparsity": s},
+                             lambda s=s, arch=arch, b=base: prune_global(_clone(b, arch), s)))
         for q in config.negative_quantise:
-            variants.append(("independent-quantise", f"{m.name}-quantise-{q}", {"scheme": q},
-                             lambda q=q, m=m, b=base: quantise_weights(_clone(b, m.architecture), q)))
+            variants.append(("independent-quantise", f"{fam}-quantise-{q}", {"scheme": q},
+                             lambda q=q, arch=arch, b=base: quantise_weights(_clone(b, arch), q)))
         for i, (lr, ep) in enumerate(config.negative_finetune):
-            variants.append(("independent-finetune", f"{m.name}-finetune-lr{lr:g}-ep{ep}", {"lr": lr, "epochs": ep},
-                             lambda lr=lr, ep=ep, i=i, m=m, b=base: finetune_simclr(
-                                 _clone(b, m.architecture), infringer_data[:config.finetune_images], lr=lr,
+            variants.append(("independent-finetune", f"{fam}-finetune-lr{lr:g}-ep{ep}", {"lr": lr, "epochs": ep},
+                             lambda lr=lr, ep=ep, i=i, arch=arch, b=base: finetune_simclr(
+                                 _clone(b, arch), infringer_data[:config.finetune_images], lr=lr,
                                  epochs=ep, batch=config.batch_size, seed=seed + 100 + 10 * k + i)))
         for kind, name, params, make in variants:
-            keep(make(), ZooRecord(f"neg:{name}", 0, kind, m.name, split, m.architecture,
-                                   f"neg-{name}.safetensors", params))
-    from audit_lib.encoders.architectures import build
+            keep(make(), ZooRecord(f"neg:{name}", 0, kind, fam, split, arch, f"neg-{name}.safetensors", params))
 
     for i in range(config.random_negatives):
         torch.manual_seed(seed + 1000 + i)
@@ -479,10 +538,15 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
 #: Named zoo sizes: ``ci`` is what the tests build on 2 CPU cores (cached); ``full`` is the
 #: default of an enrolment.
 PROFILES: dict[str, SuspectZooConfig] = {
+    # Copies must copy: at 3 epochs over 256 answers a "stolen" network reached mean cosine
+    # 0.29 with the owned embeddings (independent encoders: about 0), a failed theft, not a
+    # positive. 40 epochs give 0.7-0.8; the distilled student 0.54 at 20 epochs. The zoo's 6
+    # independents plus 3 trained here make 9 negative families, 3 of them held out.
     "ci": SuspectZooConfig(finetune=((3e-4, 1), (1e-3, 1), (3e-3, 1)), finetune_images=128,
-                           distil_epochs=(2,), distil_images=256, steal_budgets=(128, 256), steal_epochs=3,
-                           negative_finetune=((1e-3, 1),), random_negatives=2),
-    "full": SuspectZooConfig(),
+                           distil_epochs=(20,), distil_images=256, steal_budgets=(128, 256), steal_epochs=40,
+                           negative_finetune=((1e-3, 1),), random_negatives=2, extra_independents=3,
+                           num_threads=2),
+    "full": SuspectZooConfig(extra_independents=18),
 }
 
 
