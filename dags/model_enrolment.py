@@ -61,9 +61,11 @@ def model_enrolment():
     def validate_model() -> int:
         from airflow.sdk import get_current_context
 
+        from audit_lib.pipelines.context import params_fail_fast
         from audit_lib.pipelines.enrolment import validate_owned
 
-        return validate_owned((get_current_context().get("params") or {}).get("model_id"))
+        with params_fail_fast():
+            return validate_owned((get_current_context().get("params") or {}).get("model_id"))
 
     def step_task(step: str, hours: int):
         @task(task_id=step, **MODEL_TASK, retries=0, execution_timeout=timedelta(hours=hours),

@@ -51,11 +51,12 @@ def ownership_audit():
         "Reads owned (enrolled) and suspect models from the evidence store and opens this "
         "run's audit record. **Failure**: store unreachable or an unknown id in `model_ids`."))
     def registry_snapshot() -> dict:
-        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.context import current_run, params_fail_fast
         from audit_lib.pipelines.snapshot import snapshot_registry
 
         run_key, params = current_run()
-        return snapshot_registry(run_key, kind="ownership", config=params, model_ids=params.get("model_ids"))
+        with params_fail_fast():
+            return snapshot_registry(run_key, kind="ownership", config=params, model_ids=params.get("model_ids"))
 
     @task(execution_timeout=timedelta(minutes=2), doc_md="Suspect model ids (fan-out input); none when nothing is enrolled.")
     def suspect_ids(snapshot: dict) -> list[int]:

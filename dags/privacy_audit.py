@@ -63,12 +63,13 @@ def privacy_audit():
         "Returns subject and model ids only. **Failure** means the evidence store is "
         "unreachable or a `subject_ids`/`model_ids` param names an unknown or erased id."))
     def registry_snapshot() -> dict:
-        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.context import current_run, params_fail_fast
         from audit_lib.pipelines.snapshot import snapshot_registry
 
         run_key, params = current_run()
-        return snapshot_registry(run_key, kind="privacy", config=params,
-                                 subject_ids=params.get("subject_ids"), model_ids=params.get("model_ids"))
+        with params_fail_fast():
+            return snapshot_registry(run_key, kind="privacy", config=params,
+                                     subject_ids=params.get("subject_ids"), model_ids=params.get("model_ids"))
 
     @task(execution_timeout=timedelta(minutes=2), doc_md="The model ids of the snapshot (fan-out input).")
     def model_ids(snapshot: dict) -> list[int]:

@@ -117,6 +117,10 @@ def _run_dag(airflow_dags, dag_id, conf=None):
     return dr, states
 
 
+def _tries(dr, task_id):  # noqa: ANN001, ANN202
+    return next(ti.try_number for ti in dr.get_task_instances() if ti.task_id == task_id)
+
+
 def test_privacy_audit_on_an_empty_registry_succeeds(airflow_dags, db_url):
     """End to end with no subjects or models: every fan-out is empty and skipped, the run
     is recorded and finished in the evidence store (SQLite and PostgreSQL)."""
@@ -140,12 +144,14 @@ def test_unknown_subject_id_fails_the_snapshot_naming_it(airflow_dags, sqlite_db
     dr, states = _run_dag(airflow_dags, "privacy_audit", {"subject_ids": [424242]})
     assert str(dr.state) == "failed"
     assert states[("registry_snapshot", -1)] == "failed"
+    assert _tries(dr, "registry_snapshot") == 1  # an operator's mistake is not retried
 
 
 def test_enrolment_refuses_a_model_that_is_not_registered(airflow_dags, sqlite_db_url):
     dr, states = _run_dag(airflow_dags, "model_enrolment", {"model_id": 999})
     assert str(dr.state) == "failed"
     assert states[("validate_model", -1)] == "failed"
+    assert _tries(dr, "validate_model") == 1
     assert states[("watermark", -1)] == "upstream_failed"
 
 

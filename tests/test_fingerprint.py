@@ -371,3 +371,9 @@ def test_cli_enrol_then_verify_records_n_queries_and_the_finding(db_url, fingerp
     r = runner.invoke(app, ["enrol-fingerprint", "--model", "suspect-stolen", "--independent", "independent-01",
                             "--suspect-zoo", "ci"])
     assert r.exit_code == 2 and "only an owned model" in r.output
+    wide = "small_cnn:small-cnn-32-wide" if independents[0].architecture != "small_cnn:small-cnn-32-wide" \
+        else "small_cnn:small-cnn-32"
+    add("mislabelled", "suspect", wide, independents[0].weights_path)  # registration only checks the file exists
+    r = runner.invoke(app, ["enrol-fingerprint", "--model", "owned-simclr", "--independent", "mislabelled",
+                            "--suspect-zoo", "ci", "--cache-dir", str(FINGERPRINT_CACHE)])
+    assert r.exit_code == 2 and "do not fit the architecture" in r.output and "Traceback" not in r.output

@@ -181,7 +181,9 @@ def enrol_fingerprint(
             for path in write_figures(enrolment, figures):
                 typer.echo(f"  figure {path}")
 
-    _guarded(run)
+    from audit_lib.encoders.loading import CheckpointError
+
+    _guarded(run, CheckpointError)  # e.g. an independent's weights that do not fit its architecture
 
 
 def verify_fingerprint(

@@ -402,6 +402,9 @@ def build_suspect_zoo(owned_architecture: str, owned_weights: Path, independents
         return SuspectZoo(root, json.loads(manifest_path.read_text()))
     from audit_lib.methods.fingerprint import torch_threads
 
+    config.check_fits(images.shape[0])
+    for m in independents:  # a checkpoint that does not fit fails now, not after the positives' training
+        _load(m.architecture, Path(m.weights_path))
     with torch_threads(config.num_threads):
         return _build(owned_architecture, owned_weights, owned_sha, independents, ind_keys, images, root, key,
                       config)
@@ -420,7 +423,6 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
     tmp = root.with_name(root.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
 
-    config.check_fits(images.shape[0])
     half = images.shape[0] // 2
     infringer_data, surrogate = images[:half], images[half:]
     probe = infringer_data[-FIDELITY_IMAGES:]
