@@ -65,7 +65,7 @@ class SuspectZooConfig:
     steal_budgets: tuple[int, ...] = (128, 256, 512)  # StolenEncoder query budgets (one stolen copy each)
     steal_epochs: int = 50  # epochs over the stolen answers
     steal_lambda: float = 20.0  # StolenEncoder lambda (paper: 20), k = 1 augmented view
-    steal_lr: float = 0.05  # SGD lr (paper: 1e-3 for 100 epochs; we train a few epochs on a CPU)
+    steal_lr: float = 0.05  # SGD lr (paper: 1e-3 for 100 epochs; 0.05 gives a working copy in 40-50 epochs)
     negative_prune: tuple[float, ...] = (0.5,)  # variants of each independent encoder
     negative_quantise: tuple[str, ...] = ("int8",)
     negative_finetune: tuple[tuple[float, int], ...] = ((1e-3, 1),)
