@@ -59,13 +59,12 @@ def model_enrolment():
     @task(execution_timeout=timedelta(minutes=5), doc_md=(
         "Checks `params.model_id`: registered, role owned, a checkpoint. **Failure** says which."))
     def validate_model() -> int:
-        from airflow.sdk import get_current_context
-
-        from audit_lib.pipelines.context import params_fail_fast
+        from audit_lib.pipelines.context import current_run, params_fail_fast
         from audit_lib.pipelines.enrolment import validate_owned
 
+        _, params = current_run()
         with params_fail_fast():
-            return validate_owned((get_current_context().get("params") or {}).get("model_id"))
+            return validate_owned(params.get("model_id"))
 
     def step_task(step: str, hours: int):
         @task(task_id=step, **MODEL_TASK, retries=0, execution_timeout=timedelta(hours=hours),

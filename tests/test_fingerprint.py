@@ -169,10 +169,10 @@ def test_platt_scaling_is_monotone_finite_on_separated_classes_and_needs_both():
 
 
 def test_fidelity_tells_a_copy_from_an_independent_and_the_config_keeps_a_probe_unseen():
-    from audit_lib.methods.suspect_zoo import SuspectZooConfig, fidelity, prune_global
+    from audit_lib.methods.suspect_zoo import SuspectZooConfig, embed, fidelity, prune_global
 
     images = np.random.default_rng(0).integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
-    owned = tiny_network(0)
+    owned = embed(tiny_network(0), images)
     assert fidelity(owned, tiny_network(0), images) == pytest.approx(1.0, abs=1e-5)
     assert fidelity(owned, prune_global(tiny_network(0), 0.2), images) > fidelity(owned, tiny_network(5), images)
     with pytest.raises(ValueError, match="fidelity probe unseen"):

@@ -506,7 +506,7 @@ def calibrate(trained: TrainedFingerprint, alpha: float = 0.01) -> Calibration:
         val_aruc=stats.aruc(val_pos, val_neg) if val_pos and val_neg else None, alpha=alpha,
         test_positives_detected=detected, false_alarms=alarms,
         fpr_upper_95=stats.clopper_pearson_upper(alarms, len(neg_logits)), platt=trained.platt,
-        held_out_families=len({v.get("family", name) for name, v in trained.scores.items()
+        held_out_families=len({v["family"] for v in trained.scores.values()
                                if v["split"] == "test" and v["label"] == 0}))
 
 

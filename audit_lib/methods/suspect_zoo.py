@@ -187,19 +187,24 @@ def _clone(network: Network, architecture: str) -> Network:
     return net
 
 
-def fidelity(owned: Network, other: Network, images: np.ndarray) -> float:
-    """Mean cosine between ``other``'s and the owned model's embeddings of the same images:
-    how much of the owned model a derivative kept (about 0 for an independent encoder,
-    whose embedding basis is unrelated). The manifest lists it per model, so a "copy" that
-    copied nothing is visible before it is used as a positive."""
+def embed(network: Network, images: np.ndarray) -> np.ndarray:
+    """A network's embeddings (N, d) of uint8 (N, H, W, 3) images at its input size."""
     import torch
-    import torch.nn.functional as F
 
     x = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)
     with torch.inference_mode():
-        a = F.normalize(owned.encode_image(_to_input(owned, x)).float(), dim=1)
-        b = F.normalize(other.encode_image(_to_input(other, x)).float(), dim=1)
-    return float((a * b).sum(1).mean())
+        return network.encode_image(_to_input(network, x)).float().numpy()
+
+
+def fidelity(owned_embeddings: np.ndarray, other: Network, images: np.ndarray) -> float:
+    """Mean cosine between ``other``'s embeddings of ``images`` and the owned model's
+    (``owned_embeddings``, of the same images): how much of the owned model a derivative
+    kept (about 0 for an independent encoder, whose embedding basis is unrelated). The
+    manifest lists it per model, so a "copy" that copied nothing is visible before it is
+    used as a positive."""
+    from audit_lib.methods.downstream import mean_cosine
+
+    return mean_cosine(owned_embeddings, embed(other, images))
 
 
 # --------------------------------------------------------------------------- derivations
@@ -322,10 +327,9 @@ def distil(teacher: Network, architecture: str, images: np.ndarray, *, epochs: i
     import torch
 
     from audit_lib.encoders.architectures import build
+    from audit_lib.methods.downstream import l2_normalise
 
-    x = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)
-    with torch.inference_mode():
-        t = torch.nn.functional.normalize(teacher.encode_image(_to_input(teacher, x)), dim=1).numpy()
+    t = l2_normalise(embed(teacher, images))
     torch.manual_seed(seed)
     return _match(build(architecture), images, t, epochs=epochs, batch=batch, lr=1e-3, seed=seed)
 
@@ -352,13 +356,15 @@ def steal(owned: Network, architecture: str, images: np.ndarray, *, budget: int,
 def train_independent(architecture: str, images: np.ndarray, config: SuspectZooConfig, seed: int) -> Network:
     """An encoder trained independently of the owned one: SimCLR from a fresh seeded
     initialisation on a seeded random subset of ``images`` (the ci zoo's independents'
-    recipe: AdamW lr 3e-3, batch 128, temperature 0.2)."""
-    from audit_lib.zoo.recipes import SimCLRRecipe
+    recipe, ``config.extra_epochs`` epochs)."""
+    from dataclasses import replace
+
+    from audit_lib.zoo.profiles import CI_INDEPENDENT_RECIPE
     from audit_lib.zoo.train import train_simclr
 
     rng = np.random.default_rng(seed)
     subset = np.sort(rng.choice(images.shape[0], size=min(config.extra_images, images.shape[0]), replace=False))
-    recipe = SimCLRRecipe(epochs=config.extra_epochs, batch_size=128, lr=3e-3, warmup_steps=5, temperature=0.2)
+    recipe = replace(CI_INDEPENDENT_RECIPE, epochs=config.extra_epochs)
     net, _ = train_simclr(architecture, images[subset], recipe, seed=seed, desc=f"independent {seed}", progress=False)
     return net
 
@@ -427,6 +433,7 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
     infringer_data, surrogate = images[:half], images[half:]
     probe = infringer_data[-FIDELITY_IMAGES:]
     owned = _load(owned_architecture, owned_weights)
+    owned_probe = embed(owned, probe)  # once: every model's fidelity is measured against it
     dim = owned.embed_dim
     records: list[ZooRecord] = []
     skipped: list[str] = []
@@ -486,7 +493,7 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
 
     def keep(net: Network, rec: ZooRecord) -> None:
         _save(net, tmp / rec.weights)
-        rec.fidelity = round(fidelity(owned, net, probe), 4)
+        rec.fidelity = round(fidelity(owned_probe, net, probe), 4)
         records.append(rec)
         bar.update(1)
         if rec.label == 1:

@@ -80,18 +80,22 @@ def _independents(count: int, recipe: SimCLRRecipe, subset: int, archs: tuple[st
                  for i in range(1, count + 1))
 
 
+#: The ci zoo's independent encoders' recipe; the suspect-zoo builder trains its own extra
+#: independent families with it too (``audit_lib.methods.suspect_zoo.train_independent``).
+CI_INDEPENDENT_RECIPE = SimCLRRecipe(epochs=3, batch_size=128, lr=3e-3, warmup_steps=5, temperature=0.2)
+
+
 def _ci() -> Profile:
     # Measured on an H100 sweep (same code, CUDA): 64 members x 400 epochs gives view-similarity
     # AUC 0.90-0.92 over two seeds/splits; 500 members x 40 epochs only 0.53. On 2 CPU cores
     # this costs about 100 s per encoder, which is what the ci budget allows.
     target = SimCLRRecipe(epochs=400, batch_size=128, lr=3e-3, warmup_steps=10, temperature=0.2)
-    indep = SimCLRRecipe(epochs=3, batch_size=128, lr=3e-3, warmup_steps=5, temperature=0.2)
     entries = (
         ImageEntrySpec("simclr-target", "membership-target", _CNN, target, seed=1,
                        train_split="target_members", holdout_split="target_nonmembers"),
         ImageEntrySpec("simclr-shadow", "membership-shadow", _CNN, target, seed=2,
                        train_split="shadow_members", holdout_split="shadow_nonmembers"),
-        *_independents(6, indep, subset=1000, archs=(_CNN, _CNN, _CNN_WIDE)),
+        *_independents(6, CI_INDEPENDENT_RECIPE, subset=1000, archs=(_CNN, _CNN, _CNN_WIDE)),
     )
     # Tiny CLIP, zero-shot member name accuracy among 100 names (chance 0.01): 0.49 at 100
     # epochs, 0.78 at 300 (1,200 steps, about 90 s on 2 idle CPU cores).
