@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -105,10 +107,37 @@ def start_run(session: Session, run_key: str, kind: str, config: dict[str, Any] 
     return run
 
 
-def finish_run(session: Session, run: AuditRun, status: str = "success") -> None:
+RUN_STATUSES = ("running", "succeeded", "failed")
+
+
+def finish_run(session: Session, run: AuditRun, status: str = "succeeded") -> None:
+    """Close a run: ``succeeded`` or ``failed``, with its finish time."""
+    if status not in RUN_STATUSES[1:]:
+        raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES[1:]}")
     run.status = status
     run.finished_at = utcnow()
     session.flush()
+
+
+@contextmanager
+def closing_run(run_key: str, db_url: str | None = None) -> Iterator[None]:
+    """Close the run ``run_key`` when the block ends: ``succeeded`` when it returns,
+    ``failed`` when it raises (the exception goes on). A run that the block never started
+    is left alone, so a refusal before the first query leaves no run at all."""
+    from audit_lib.store import session_scope
+
+    def close(status: str) -> None:
+        with session_scope(db_url) as s:
+            run = s.scalar(select(AuditRun).where(AuditRun.run_key == run_key))
+            if run is not None and run.status == "running":
+                finish_run(s, run, status)
+
+    try:
+        yield
+    except BaseException:
+        close("failed")
+        raise
+    close("succeeded")
 
 
 def append_evidence(session: Session, run: AuditRun, *, kind: str, input_sha256: str,

@@ -116,7 +116,7 @@ def test_zoo_findings_match_the_ground_truth(zoo_cases):
         assert found["watermark"].target_key == f"suspect:{zoo_cases.ownership.suspect_id}"
         assert found["theft"].target_key == f"model:{zoo_cases.ownership.owned_id}"
         run = s.scalar(select(AuditRun).where(AuditRun.run_key == zoo_cases.privacy.run_key))
-        assert run.status == "success" and chain_head(s, run) == zoo_cases.privacy.chain_head
+        assert run.status == "succeeded" and chain_head(s, run) == zoo_cases.privacy.chain_head
         assert len(run_evidence(s, run)) > 21 * 100  # every query of the run is on its chain
 
 

@@ -39,7 +39,7 @@ def summarise_run(run_key: str, *, db_url: str | None = None) -> dict[str, Any]:
             raise ValueError(f"audit run {run_key!r} does not exist: did the snapshot task run?")
         findings = list(session.scalars(select(Finding).where(Finding.run_id == run.id)))
         counts = Counter(f"{f.method}:{f.decision}" for f in findings)
-        finish_run(session, run, "success")
+        finish_run(session, run, "succeeded")
         head = chain_head(session, run)
     log.info("run %s: %d findings (%s); evidence chain head %s", run_key, len(findings),
              ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none", head)

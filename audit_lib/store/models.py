@@ -103,7 +103,7 @@ class AuditedModel(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(20))  # checkpoint | api
-    role: Mapped[str] = mapped_column(String(20))  # owned | suspect
+    role: Mapped[str] = mapped_column(String(20))  # owned | suspect | reference
     architecture: Mapped[str | None] = mapped_column(String(200))
     weights_path: Mapped[str | None] = mapped_column(Text)
     endpoint_url: Mapped[str | None] = mapped_column(Text)
@@ -112,10 +112,50 @@ class AuditedModel(Base):
     capabilities: Mapped[list[Any]] = mapped_column(JSON)
     query_budget: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # retired: no new audits; its findings stay
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.id"
     )
+
+
+class ModelImageSet(Base):
+    """An image folder registered for a model: the owner's own images (``owner``), the
+    attacker-side public images (``public``) or a labelled downstream set (``downstream``,
+    one sub-folder per class). The files live under the data folder; the database keeps
+    the manifest (every file's relative path, sha256 and label) and its hash. The newest
+    row of a (model, role) is the current one; older rows stay for the findings that
+    name them."""
+
+    __tablename__ = "model_image_sets"
+    __table_args__ = (UniqueConstraint("model_id", "role", "manifest_sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    role: Mapped[str] = mapped_column(String(20))  # owner | public | downstream
+    folder: Mapped[str] = mapped_column(Text)  # relative to the data folder
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    n_images: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    manifest: Mapped[list[Any]] = mapped_column(JSON)  # [{"path", "sha256", "label"}]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelReferenceImage(Base):
+    """A known non-member of a model's training set (membership inference ranks claimed
+    images against these); the bytes are stored once in ``image_blobs``."""
+
+    __tablename__ = "model_reference_images"
+    __table_args__ = (UniqueConstraint("model_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    sha256: Mapped[str] = mapped_column(ForeignKey("image_blobs.sha256"))
+    name: Mapped[str] = mapped_column(String(255))  # the file name it was registered from
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    blob: Mapped[ImageBlob] = relationship()
 
 
 class ModelVersion(Base):
