@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT.parent / "shared" / "data", description="real images for the zoo"
     )
     allow_hub_downloads: bool = Field(default=False, description="let open_clip reach a hub")
+    allow_python_factories: bool = Field(
+        default=False, description="let owned models name a python:MODULE:FUNCTION factory (runs its code)"
+    )
     min_image_side: int = Field(default=32, description="smallest accepted image side, pixels")
     max_image_pixels: int = Field(default=40_000_000, description="decompression-bomb limit")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, description="largest accepted file")

@@ -223,14 +223,18 @@ class StoreBackedHandle:
     """Any handle, with the store's query cache and evidence chain in front of it."""
 
     def __init__(self, inner: EncoderHandle, *, db_url: str | None = None, model_id: int,
-                 run_key: str | None = None, run_kind: str = "audit") -> None:
+                 run_key: str | None = None, run_kind: str = "audit",
+                 answering_config: str | None = None) -> None:
         self.inner = inner
+        # an API's api_config_sha256 (endpoint + adapter): part of its version
+        self.answering_config = answering_config
         self.db_url = db_url
         self.model_id = int(model_id)
         self.run_key = run_key
         self.run_kind = run_kind
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # answers read from the query cache
+        self.misses = 0  # queries sent to the model (the version check's canaries apart)
+        self.canary_queries = 0  # canary images sent to check an API's version
         self.skip_recorded_repeats = False  # see the module doc; the privacy pipeline sets it
         self.model_version_id: int
         self._version: str
@@ -348,12 +352,14 @@ class StoreBackedHandle:
             t0, when = time.perf_counter(), utcnow()
             emb = np.asarray(self.inner.encode_images(canaries, kind="canary"), dtype=np.float32)
             latency = (time.perf_counter() - t0) * 1000 / len(canaries)
+            self.canary_queries = len(canaries)
             self._check(emb, len(canaries))
             tolerance = float(getattr(self.inner, "adapter", {}).get("canary_tolerance", DEFAULT_TOLERANCE))
             for attempt in (0, 1):
                 try:
                     with session_scope(self.db_url) as s:
-                        row, created = resolve_canary_version(s, self.model_id, emb, tolerance=tolerance)
+                        row, created = resolve_canary_version(s, self.model_id, emb, tolerance=tolerance,
+                                                              config_sha256=self.answering_config)
                         self.model_version_id, self._version = row.id, row.version
                         run = self._run(s)
                         if run is not None:
@@ -530,3 +536,18 @@ class StoreBackedHandle:
                     record.anchor = anchor
 
         event.listen(session, "after_commit", remember, once=True)
+
+
+def query_counts(handle: Any) -> tuple[int, int]:
+    """(queries sent to the model, answers read from the query cache) that ``handle`` has
+    counted so far; (0, 0) for a handle without counters. The version check's canary
+    queries are not among them (see ``canary_queries``)."""
+    return int(getattr(handle, "misses", 0) or 0), int(getattr(handle, "hits", 0) or 0)
+
+
+def with_query_counts(details: dict[str, Any], handle: Any, since: tuple[int, int]) -> dict[str, Any]:
+    """``details`` plus ``queries_sent`` and ``cache_hits``: what the handle counted since
+    ``since`` (a :func:`query_counts` taken before the method ran), so a finding says how
+    many of its queries reached the model and how many the cache answered."""
+    sent, hits = query_counts(handle)
+    return {**details, "queries_sent": sent - since[0], "cache_hits": hits - since[1]}

@@ -10,7 +10,11 @@
 - Pretrained tags (open_clip ``openai``, ``laion2b_…``, ``hf-hub:…``) would reach the
   network; they are refused unless the operator sets ``AUDIT_ALLOW_HUB_DOWNLOADS=true``.
 
-The model version of a checkpoint is the sha256 of its weights file (:func:`file_sha256`).
+The model version of a checkpoint is the sha256 of its weights file (:func:`file_sha256`);
+for a family defined by files beside the weights (``hf-clip:FOLDER``,
+``open_clip:local-dir:FOLDER``) it is the sha256 over the weights file(s) and those
+config files (:func:`weights_version`). Those families accept the folder itself as the
+weights path (:func:`weights_files`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from typing import Any
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# weights file names looked for, in order, when a folder is given as the weights
+FOLDER_WEIGHTS = {
+    "hf-clip": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+    "open_clip:local-dir": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+}
 
 
 class CheckpointError(ValueError):
@@ -37,6 +46,75 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def split_architecture(architecture: str) -> tuple[str, str]:
+    """``"timm:resnet10t@64"`` -> ``("timm", "resnet10t@64")``; the name may hold colons."""
+    family, _, name = str(architecture).partition(":")
+    return family, name
+
+
+def folder_kind(architecture: str) -> str | None:
+    """The key of :data:`FOLDER_WEIGHTS` whose weights may be given as a folder, or None."""
+    family, name = split_architecture(architecture)
+    if family == "hf-clip":
+        return "hf-clip"
+    if family == "open_clip" and name.startswith("local-dir:"):
+        return "open_clip:local-dir"
+    return None
+
+
+def weights_files(architecture: str, weights: Path) -> list[Path]:
+    """The weights file(s) to load: ``weights`` itself, or for a folder family given its
+    folder, the folder's weights file (all shards of a sharded safetensors index)."""
+    import json
+
+    weights = Path(weights)
+    if not weights.is_dir():
+        return [weights]
+    kind = folder_kind(architecture)
+    if kind is None:
+        raise CheckpointError(f"weights {weights}: a folder, but {architecture} needs a weights file (a "
+                              "folder is accepted for hf-clip:FOLDER and open_clip:local-dir:FOLDER)")
+    for name in FOLDER_WEIGHTS[kind]:
+        path = weights / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"weights {path}: not a safetensors index ({exc})") from None
+            if not shards or any("/" in s or "\\" in s for s in shards):
+                raise CheckpointError(f"weights {path}: the index must name shard files in its folder")
+            return [weights / s for s in shards]
+        return [path]
+    raise CheckpointError(f"weights {weights}: no {' or '.join(FOLDER_WEIGHTS[kind])} in this folder")
+
+
+def read_state_dicts(paths: list[Path]) -> dict[str, Any]:
+    """:func:`read_state_dict` over one or more files (shards); a tensor in two is an error."""
+    state: dict[str, Any] = {}
+    for path in paths:
+        part = read_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise CheckpointError(f"weights {path}: {len(twice)} tensors also in another shard ({twice[0]})")
+        state.update(part)
+    return state
+
+
+def weights_version(weights: list[Path], config_files: tuple[Path, ...] | list[Path] = ()) -> str:
+    """The model version: a single weights file's sha256 (as before), or with config files
+    (or several shards) the sha256 over each file's name and sha256, so the same folder
+    gives the same version wherever it lies."""
+    if len(weights) == 1 and not config_files:
+        return file_sha256(weights[0])
+    h = hashlib.sha256(b"encoder-audit weights+config v1\0")
+    for role, paths in (("weights", weights), ("config", sorted(config_files))):
+        for path in paths:
+            h.update(f"{role}\0{Path(path).name}\0{file_sha256(Path(path))}\n".encode())
     return h.hexdigest()
 
 

@@ -1,4 +1,6 @@
-"""A local checkpoint as an encoder handle (DESIGN §3): open_clip, small CNN, torchvision.
+"""A local checkpoint as an encoder handle: every family of
+:mod:`audit_lib.encoders.architectures` (open_clip, timm, transformers CLIP, torchvision,
+small CNN, owner factories).
 
 Speed is this module's business, not the methods':
 
@@ -8,9 +10,12 @@ Speed is this module's business, not the methods':
   forward pass never waits on PIL (PIL and torch release the GIL in their heavy loops).
 
 Embeddings are returned as float32 ``(n, d)`` and *not* normalised: each method decides.
-The version is the sha256 of the weights file; the preprocessing (size, mean, std) is
-recorded beside it (:attr:`LocalEncoder.preprocess_info`) because wrong preprocessing gives
-silently wrong embeddings (open_clip bugs #204, #771).
+The version is the sha256 of the weights file (with a folder family's config files, see
+:func:`audit_lib.encoders.loading.weights_version`). Images go through the family's own
+evaluation transform where it has one (:mod:`audit_lib.encoders.preprocess`), pixel for
+pixel, else through :func:`preprocess_uint8`; the preprocessing is recorded beside the
+version (:attr:`LocalEncoder.preprocess_info`) because wrong preprocessing gives silently
+wrong embeddings (open_clip bugs #204, #771).
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ def _to_pil(image: Any):  # noqa: ANN202 - PIL.Image.Image
 
 def preprocess_uint8(image: Any, size: int) -> np.ndarray:
     """Decode one image and bring it to ``size`` x ``size`` RGB uint8: shorter side resized
-    to ``size`` (bicubic), centre crop, as open_clip's eval transform does."""
+    to ``size`` (bicubic, the longer side rounded), centre crop. The project's own transform
+    (small_cnn, owner factories, the zoo's training and the methods' uint8 arrays); it is
+    not open_clip's, which truncates the longer side: the handle uses each family's own."""
     from PIL import Image
 
     img = _to_pil(image)
@@ -102,23 +109,28 @@ class LocalEncoder:
     # --- construction -------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, architecture: str, weights_path: Path | str, *, device: str | None = None,
-                        batch_size: int | None = None, amp: bool | None = None) -> LocalEncoder:
+                        batch_size: int | None = None, amp: bool | None = None,
+                        role: str | None = None) -> LocalEncoder:
         """Build ``architecture`` (see :func:`audit_lib.encoders.architectures.build`) and load
-        ``weights_path`` strictly; a pretrained tag is downloaded only if the operator allowed
-        it (``AUDIT_ALLOW_HUB_DOWNLOADS``), else refused with instructions."""
-        from audit_lib.encoders.architectures import build
-        from audit_lib.encoders.loading import (download_pretrained, file_sha256, is_pretrained_tag,
-                                                load_into, read_state_dict)
+        ``weights_path`` (a file, or a folder family's folder) strictly; a pretrained tag is
+        downloaded only if the operator allowed it (``AUDIT_ALLOW_HUB_DOWNLOADS``), else
+        refused with instructions. ``role`` is the registered model's role (an owner
+        factory, ``python:…``, loads only for ``owned``)."""
+        from audit_lib.encoders.architectures import build, check_python_factory
+        from audit_lib.encoders.loading import (download_pretrained, is_pretrained_tag, load_into,
+                                                read_state_dicts, weights_files, weights_version)
 
+        check_python_factory(architecture, role)  # before any file is read or code imported
         if is_pretrained_tag(weights_path):
             weights_path = download_pretrained(architecture, str(weights_path))
         path = Path(weights_path)
-        state = read_state_dict(path)  # fails before the (slower) build on a bad file
-        network = build(architecture)
+        files = weights_files(architecture, path)
+        state = read_state_dicts(files)  # fails before the (slower) build on a bad file
+        network = build(architecture, role=role)
         load_into(network.module, state, str(path))
         log.info("loaded %s from %s", architecture, path)
-        return cls(network, file_sha256(path), device=device, batch_size=batch_size, amp=amp,
-                   source=str(path))
+        return cls(network, weights_version(files, network.config_files), device=device,
+                   batch_size=batch_size, amp=amp, source=str(path))
 
     @classmethod
     def from_network(cls, network: Any, weights_sha256: str, *, device: str | None = None,
@@ -145,8 +157,14 @@ class LocalEncoder:
         """The preprocessing that belongs to these weights, with its own hash."""
         from audit_lib.evidence import canonical_json, sha256_hex
 
-        info = {"architecture": self.network.info, **self.network.preprocess.as_dict(),
-                "resize": "shorter-side bicubic, centre crop"}
+        net = self.network
+        if net.transform is not None:
+            info = {"architecture": net.info, **net.preprocess.as_dict(),
+                    "resize": net.transform_info.get("source", "family transform"),
+                    "transform": net.transform_info}
+        else:
+            info = {"architecture": net.info, **net.preprocess.as_dict(),
+                    "resize": "shorter-side bicubic, centre crop"}
         return {**info, "sha256": sha256_hex(canonical_json(info))}
 
     def encode_images(self, images: Sequence[Any], *, kind: str = "image") -> np.ndarray:
@@ -182,15 +200,17 @@ class LocalEncoder:
             raise NotApplicable(f"{self.network.info.get('name', 'this model')} has no text tower")
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
-            tokens = self.network.tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
+            chunk = list(texts[start:start + self.batch_size])
+            tokens = self.network.tokenizer(chunk).to(self.device)
             with self._lock, torch.inference_mode(), self._autocast():
                 emb = self.network.encode_text(tokens)
-            out[start:start + len(tokens)] = emb.float().cpu().numpy()
+            out[start:start + len(chunk)] = emb.float().cpu().numpy()
         return out
 
     # --- pieces the benchmark and the methods can use directly --------------------------
     def preprocess(self, images: Sequence[Any]):  # noqa: ANN201 - torch.Tensor
-        """Decode and preprocess images into a normalised float32 tensor (n, 3, s, s)."""
+        """Decode and preprocess images into a normalised float32 tensor (n, 3, s, s): the
+        family's own evaluation transform where it has one."""
         return self._prepare(images)
 
     def forward_tensors(self, batch: Any) -> np.ndarray:
@@ -216,10 +236,14 @@ class LocalEncoder:
     def _prepare(self, images: Sequence[Any]):  # noqa: ANN202 - torch.Tensor
         import torch
 
-        size = self.network.preprocess.image_size
-        arr = np.stack([preprocess_uint8(im, size) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-        x = x.sub_(self._mean).div_(self._std).contiguous()
+        transform = self.network.transform
+        if transform is not None:
+            x = torch.stack([transform(_to_pil(im)) for im in images]).float().contiguous()
+        else:
+            size = self.network.preprocess.image_size
+            arr = np.stack([preprocess_uint8(im, size) for im in images])
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+            x = x.sub_(self._mean).div_(self._std).contiguous()
         if self.device.startswith("cuda"):
             x = x.pin_memory()
         return x

@@ -1,34 +1,26 @@
-"""A remote embedding API as an encoder handle (DESIGN §3), over httpx.
+"""A remote embedding API as an encoder handle, over httpx: the *transport*.
 
-The request and response shapes are described by an *adapter* (a dict stored with the
-registered model); the default is the reference server's shape (:mod:`audit_lib.server`)::
-
-    {"images": {"path": "/v1/embed/images", "field": "images", "response": "embeddings"},
-     "texts":  {"path": "/v1/embed/texts",  "field": "texts",  "response": "embeddings"},
-     "image_encoding": "base64",           # or "data_url" (data:image/png;base64,...)
-     "extra_body": {},                     # merged into every request body
-     "auth": {"header": "Authorization", "prefix": "Bearer "},
-     "max_batch": 64, "canary_tolerance": 0.002}
-
-``field`` and ``response`` are JSON paths: dotted keys with ``[*]`` to map over a list, e.g.
-``"input.images"`` or ``"data[*].embedding"`` (OpenAI style).
+What the requests and answers look like is the adapter's business
+(:mod:`audit_lib.encoders.adapter`: per call kind the route, the body template and the
+response path, how images are encoded and how the key is sent; vendor presets). This
+module sends what the adapter builds and reads back what it points at.
 
 Credentials are looked up by *name* (an environment variable, else an Airflow Connection's
 password) when the first request is made; the secret lives only in memory and is scrubbed
-from every error message. Failures are handled as an operator expects: timeouts; retries
-with exponential backoff and jitter on 5xx and connection errors; 429 waits for
-``Retry-After``; a per-endpoint rate limit shared by all handles in the process; a per-run
-query budget (counted in inputs answered) that stops with :class:`BudgetExhausted` before
-anything over budget is sent. Every answer is validated (count, dimension, finite numbers);
-a bad answer raises :class:`BadAnswer` naming the endpoint and the problem, and, since the
-cache only stores what this handle returns, it is never cached.
+from every error message (also URL-encoded, as httpx writes query parameters). A key is
+only ever sent to the registered endpoint's host. Failures are handled as an operator
+expects: timeouts; retries with exponential backoff and jitter on 5xx and connection
+errors; 429 waits for ``Retry-After``; a per-endpoint rate limit shared by all handles in
+the process; a per-run query budget (counted in inputs answered) that stops with
+:class:`BudgetExhausted` before anything over budget is sent. Every answer is validated
+(count, dimension, finite numbers); a bad answer raises :class:`BadAnswer` naming the
+endpoint and the problem, and, since the cache only stores what this handle returns, it is
+never cached. ``queries_used`` (inputs answered) and ``requests_sent`` (HTTP requests,
+retries included) count what reached the API, independent of any cache in front.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
-import io
 import json
 import logging
 import os
@@ -38,24 +30,17 @@ import time
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 import numpy as np
 
+from audit_lib.encoders.adapter import Adapter, get_path, parse_adapter, set_path
 from audit_lib.encoders.base import NotApplicable
 
+__all__ = ["BadAnswer", "BudgetExhausted", "CredentialError", "RemoteEncoder", "RemoteEncoderError",
+           "RemoteUnavailable", "endpoint_limiter", "get_path", "resolve_credential", "set_path"]
+
 log = logging.getLogger(__name__)
-
-DEFAULT_ADAPTER: dict[str, Any] = {
-    "images": {"path": "/v1/embed/images", "field": "images", "response": "embeddings"},
-    "texts": {"path": "/v1/embed/texts", "field": "texts", "response": "embeddings"},
-    "info": {"path": "/v1/info", "dim": "embedding_dim"},
-    "image_encoding": "base64",
-    "extra_body": {},
-    "auth": {"header": "Authorization", "prefix": "Bearer "},
-    "max_batch": 64,
-    "canary_tolerance": 2e-3,
-}
-
 
 class RemoteEncoderError(RuntimeError):
     """A remote API could not give a usable answer; the message names the endpoint."""
@@ -77,50 +62,6 @@ class RemoteUnavailable(RemoteEncoderError):
     """The API kept failing (5xx, timeouts, connection errors) after every retry."""
 
 
-# --- adapter -------------------------------------------------------------------------------
-def merge_adapter(adapter: dict[str, Any] | None) -> dict[str, Any]:
-    """The default adapter with ``adapter``'s entries laid over it (one level deep)."""
-    merged = copy.deepcopy(DEFAULT_ADAPTER)
-    for key, value in (adapter or {}).items():
-        if key not in DEFAULT_ADAPTER:
-            raise ValueError(f"adapter: unknown entry {key!r} (known: {', '.join(DEFAULT_ADAPTER)})")
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "extra_body":
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    if merged["image_encoding"] not in ("base64", "data_url"):
-        raise ValueError(f"adapter: image_encoding {merged['image_encoding']!r} is not base64 or data_url")
-    if int(merged["max_batch"]) < 1:
-        raise ValueError(f"adapter: max_batch {merged['max_batch']} must be >= 1")
-    return merged
-
-
-def get_path(obj: Any, path: str) -> Any:
-    """Follow a dotted JSON path with ``[*]`` list mapping; KeyError names the missing part."""
-    parts = [p for p in path.split(".") if p] if path else []
-    for i, part in enumerate(parts):
-        mapped = part.endswith("[*]")
-        name = part[:-3] if mapped else part
-        if name:
-            if not isinstance(obj, dict) or name not in obj:
-                raise KeyError(f"no {name!r} at {'.'.join(parts[:i]) or 'the top level'}")
-            obj = obj[name]
-        if mapped:
-            if not isinstance(obj, list):
-                raise KeyError(f"{'.'.join(parts[:i + 1])} is not a list")
-            rest = ".".join(parts[i + 1:])
-            return [get_path(item, rest) for item in obj]
-    return obj
-
-
-def set_path(body: dict[str, Any], path: str, value: Any) -> None:
-    """Put ``value`` at a dotted path in ``body``, creating objects on the way."""
-    parts = path.split(".")
-    for part in parts[:-1]:
-        body = body.setdefault(part, {})
-    body[parts[-1]] = value
-
-
 # --- credentials ---------------------------------------------------------------------------
 class _Secret:
     """A credential in memory; never printed."""
@@ -134,6 +75,46 @@ class _Secret:
         return "<secret>"
 
     __str__ = __repr__
+
+
+def _secret_forms(value: str) -> list[str]:
+    """The secret as is and as URL encoding writes it (query parameters), longest first."""
+    return sorted({value, quote(value, safe=""), quote_plus(value), quote(value)}, key=len, reverse=True)
+
+
+class _ScrubSecrets(logging.Filter):
+    """Rewrites records of the HTTP client's loggers that contain a known secret: httpx
+    logs every request's full URL at INFO, query-parameter keys included."""
+
+    LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._forms: list[str] = []
+        self._lock = threading.Lock()
+        self._installed = False
+
+    def add(self, value: str) -> None:
+        with self._lock:
+            self._forms = sorted(set(self._forms) | set(_secret_forms(value)), key=len, reverse=True)
+            if not self._installed:
+                for name in self.LOGGERS:
+                    logging.getLogger(name).addFilter(self)
+                self._installed = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        forms = self._forms
+        if forms:
+            msg = record.getMessage()
+            clean = msg
+            for form in forms:
+                clean = clean.replace(form, "<secret>")
+            if clean != msg:
+                record.msg, record.args = clean, None
+        return True
+
+
+_SCRUB_LOGS = _ScrubSecrets()
 
 
 def _airflow_configured() -> bool:
@@ -200,12 +181,15 @@ def _retry_after_s(header: str | None) -> float | None:
 class RemoteEncoder:
     """An embedding API behind the :class:`~audit_lib.encoders.base.EncoderHandle` protocol.
 
-    ``budget`` counts inputs (images and texts) answered by this handle, i.e. per audit run
-    when a run opens its own handle; ``None`` is unlimited."""
+    ``adapter`` is an :class:`~audit_lib.encoders.adapter.Adapter` or a stored adapter dict
+    (version 1 or 2; ``None``: the reference server's shape). ``embedding_dim`` and
+    ``rate_limit_per_s`` given here win over the adapter's. ``budget`` counts inputs
+    (images and texts) answered by this handle, i.e. per audit run when a run opens its own
+    handle; ``None`` is unlimited."""
 
     version_method = "canary"
 
-    def __init__(self, endpoint_url: str, adapter: dict[str, Any] | None = None,
+    def __init__(self, endpoint_url: str, adapter: Adapter | dict[str, Any] | None = None,
                  credential_name: str | None = None, *, embedding_dim: int | None = None,
                  capabilities: Sequence[str] = ("image",), rate_limit_per_s: float | None = None,
                  budget: int | None = None, timeout: float = 30.0, max_retries: int = 4,
@@ -214,12 +198,19 @@ class RemoteEncoder:
         import httpx
 
         self.endpoint = endpoint_url.rstrip("/")
-        self.adapter = merge_adapter(adapter)
+        self._host = urlsplit(self.endpoint).netloc
+        if urlsplit(self.endpoint).scheme not in ("http", "https") or not self._host:
+            raise ValueError(f"endpoint: {endpoint_url!r} is not an http(s) URL")
+        self.adapter = parse_adapter(adapter)
         self.credential_name = credential_name
-        self._dim = int(embedding_dim) if embedding_dim else None
+        dim = embedding_dim or self.adapter.embedding_dim
+        self._dim = int(dim) if dim else None
         self._caps = frozenset(capabilities)
         if "image" not in self._caps:
             raise ValueError("capabilities: an audited encoder must at least embed images")
+        if "text" in self._caps and self.adapter.texts is None:
+            raise ValueError("capabilities: 'text' is registered but the adapter has no 'texts' call")
+        self.canary_tolerance = float(self.adapter.canary_tolerance)
         self.budget = budget
         self.queries_used = 0
         self.requests_sent = 0
@@ -228,7 +219,8 @@ class RemoteEncoder:
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
         self.max_retry_after_s = float(max_retry_after_s)
-        self._limiter = endpoint_limiter(self.endpoint, rate_limit_per_s) if rate_limit_per_s else None
+        rate = rate_limit_per_s or self.adapter.rate_limit_per_s
+        self._limiter = endpoint_limiter(self.endpoint, rate) if rate else None
         self._secret: _Secret | None = None
         self._client = client or httpx.Client(timeout=httpx.Timeout(self.timeout))
         self._version: str | None = None
@@ -256,65 +248,59 @@ class RemoteEncoder:
 
     def encode_images(self, images: Sequence[Any], *, kind: str = "image") -> np.ndarray:
         """Embed images (encoded bytes or PIL images) through the API."""
-        payload = [self._encode_image(im) for im in images]
-        return self._embed("images", payload)
+        return self._embed("images", [self.adapter.image_slots(im) for im in images])
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if "text" not in self._caps:
             raise NotApplicable(f"{self.endpoint}: this API is registered without text embeddings")
-        return self._embed("texts", [str(t) for t in texts])
+        return self._embed("texts", [{"text": str(t)} for t in texts])
 
     def close(self) -> None:
         self._client.close()
 
     # --- internals ----------------------------------------------------------------------
-    def _encode_image(self, image: Any) -> str:
-        if not isinstance(image, (bytes, bytearray, memoryview)):
-            from PIL import Image
-
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"an image must be encoded bytes or a PIL image, not {type(image).__name__}")
-            buf = io.BytesIO()
-            image.save(buf, "PNG")
-            image = buf.getvalue()
-        text = base64.b64encode(bytes(image)).decode("ascii")
-        if self.adapter["image_encoding"] == "data_url":
-            text = "data:application/octet-stream;base64," + text
-        return text
-
     def _url(self, path: str) -> str:
-        if path.startswith(("http://", "https://")):
-            return path
-        return self.endpoint + path if path else self.endpoint
+        url = self.endpoint + path
+        if urlsplit(url).netloc != self._host:  # the adapter checks paths; this is the last guard
+            raise RemoteEncoderError(f"{self.endpoint}: the adapter path {path!r} leaves the "
+                                     "registered host; refusing to send the credential there")
+        return url
 
-    def _headers(self) -> dict[str, str]:
-        if not self.credential_name:
-            return {}
+    def _auth(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(headers, query parameters) carrying the credential, as the adapter says."""
+        auth = self.adapter.auth
+        if not self.credential_name or auth.scheme == "none":
+            return {}, {}
         if self._secret is None:
             self._secret = resolve_credential(self.credential_name)
-        auth = self.adapter["auth"]
-        return {auth["header"]: f"{auth.get('prefix', '')}{self._secret.value}"}
+            _SCRUB_LOGS.add(self._secret.value)
+        if auth.scheme == "query":
+            return {}, {auth.param or "key": self._secret.value}
+        return {auth.header: f"{auth.prefix}{self._secret.value}"}, {}
 
     def _scrub(self, text: str) -> str:
-        """Remove the secret from any text that may reach a log or an exception."""
+        """Remove the secret (as is and URL-encoded) from text that may reach a log or an
+        exception."""
         if self._secret is not None and self._secret.value:
-            text = text.replace(self._secret.value, "<secret>")
+            for form in _secret_forms(self._secret.value):
+                text = text.replace(form, "<secret>")
         return text
 
     def _fetch_dim(self) -> int:
-        info = self.adapter.get("info") or {}
-        if not info.get("path"):
+        info = self.adapter.info
+        if info is None:
             raise RemoteEncoderError(f"{self.endpoint}: the embedding dimension is unknown; register "
                                      "the model with its dimension or an adapter 'info' path")
-        resp = self._request("GET", self._url(info["path"]), None)
+        resp = self._request("GET", self._url(info.path), None)
         try:
-            return int(get_path(resp.json(), info.get("dim", "embedding_dim")))
+            return int(get_path(resp.json(), info.dim))
         except (ValueError, KeyError, TypeError) as exc:
-            raise BadAnswer(f"{self.endpoint}{info['path']}: no embedding dimension in the answer "
+            raise BadAnswer(f"{self.endpoint}{info.path}: no embedding dimension in the answer "
                             f"({self._scrub(str(exc))})") from None
 
-    def _embed(self, what: str, inputs: list[str]) -> np.ndarray:
+    def _embed(self, what: str, inputs: list[dict[str, str]]) -> np.ndarray:
         n = len(inputs)
+        spec = self.adapter.call(what)
         dim = self.embedding_dim
         if n == 0:
             return np.zeros((0, dim), dtype=np.float32)
@@ -323,29 +309,29 @@ class RemoteEncoder:
                 f"{self.endpoint}: the query budget of {self.budget} queries for this run is spent "
                 f"({self.queries_used} used, {n} more needed); nothing more was sent. Raise the "
                 "model's query budget or audit fewer inputs.")
-        spec = self.adapter[what]
         out = np.empty((n, dim), dtype=np.float32)
-        step = int(self.adapter["max_batch"])
+        step = self.adapter.batch_for(what)
+        url = self._url(spec.path)
         for start in range(0, n, step):
             chunk = inputs[start:start + step]
-            body = copy.deepcopy(self.adapter["extra_body"])
-            set_path(body, spec["field"], chunk)
-            url = self._url(spec["path"])
-            resp = self._request("POST", url, body)
-            out[start:start + len(chunk)] = self._validate(resp, url, spec["response"], len(chunk), dim)
+            body = self.adapter.request_body(what, chunk)
+            resp = self._request(spec.method, url, body)
+            out[start:start + len(chunk)] = self._validate(resp, url, what, len(chunk), dim)
             self.queries_used += len(chunk)
         return out
 
-    def _validate(self, resp: Any, url: str, path: str, n: int, dim: int) -> np.ndarray:
+    def _validate(self, resp: Any, url: str, what: str, n: int, dim: int) -> np.ndarray:
+        path = self.adapter.call(what).response
         try:
             obj = json.loads(resp.content)
         except (ValueError, UnicodeDecodeError):
             raise BadAnswer(f"{url}: the answer is not JSON ({len(resp.content)} bytes, "
                             f"content-type {resp.headers.get('content-type', '?')})") from None
         try:
-            rows = get_path(obj, path)
+            rows = self.adapter.read_embeddings(what, obj)
         except KeyError as exc:
-            raise BadAnswer(f"{url}: the answer has no embeddings at {path!r} ({exc.args[0]})") from None
+            raise BadAnswer(f"{url}: the answer has no embeddings at {path!r} "
+                            f"({self._scrub(str(exc.args[0]))})") from None
         if not isinstance(rows, list):
             raise BadAnswer(f"{url}: embeddings at {path!r} are not a list")
         if len(rows) != n:
@@ -376,15 +362,15 @@ class RemoteEncoder:
         for attempt in range(self.max_retries + 1):
             if self._limiter is not None:
                 self._limiter.wait()
-            headers = self._headers()
+            headers, params = self._auth()
             wait = self._backoff(attempt)
             try:
                 self.requests_sent += 1
-                resp = self._client.request(method, url, json=body, headers=headers)
+                resp = self._client.request(method, url, json=body, headers=headers, params=params or None)
             except httpx.TimeoutException:
                 last = f"timed out after {self.timeout:g} s"
             except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__})"
+                last = self._scrub(f"connection failed ({type(exc).__name__}: {exc})")
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
@@ -403,6 +389,9 @@ class RemoteEncoder:
                     last = f"HTTP {status}"
                 else:
                     detail = self._scrub(resp.text[:300])
+                    if status == 400 and any(m in resp.text for m in self.adapter.auth.refused_400):
+                        raise CredentialError(f"{url}: HTTP 400 ({detail}), the API refused the "
+                                              f"credential {self.credential_name!r}")
                     raise RemoteEncoderError(f"{url}: HTTP {status}: {detail}")
             if attempt < self.max_retries:
                 log.warning("%s: %s; retry %d of %d in %.2f s", url, last, attempt + 1,

@@ -1,4 +1,4 @@
-"""Model versions: the weights' sha256 for checkpoints; for APIs, a canary hash (DESIGN §3).
+"""Model versions: the weights' sha256 for checkpoints; for APIs, a canary hash.
 
 An API can change behind the same URL. At the start of every audit the handle embeds a
 fixed canary set of real images (scikit-image's sample photographs, shipped inside its
@@ -12,13 +12,25 @@ canary version, it is the same version; otherwise it is a new :class:`ModelVersi
 (or an older one with exactly this hash, when an API was rolled back). Findings keep
 pointing at the version row they were made on. The canary embeddings themselves are kept
 in ``query_cache`` (kind ``canary``) so the next audit can compare against them.
+
+What answers an API is also part of its version: :func:`api_config_sha256` hashes the
+registered endpoint URL and adapter (without the client-side pacing and the canary
+tolerance, which change no answer). A version row made with it records the hash (in
+``model_versions.preprocess`` as ``answering_config_sha256``) and its version string is
+:func:`api_version` of the canary hash and the configuration hash, so a changed endpoint
+or adapter makes a new version even when the canary answers come out identical (and the
+query cache of the old configuration is never served for the new one). Rows made before
+(no recorded configuration) keep working: the first audit that matches one by its canary
+adopts the current configuration into it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -31,6 +43,25 @@ CANARY_KIND = "canary"
 CANARY_DECIMALS = 3
 DEFAULT_TOLERANCE = 2e-3
 _SKIMAGE_SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins")
+CONFIG_KEY = "answering_config_sha256"  # in model_versions.preprocess of an API's version
+_NOT_ANSWERING = ("rate_limit_per_s", "canary_tolerance")  # adapter keys that change no answer
+
+
+def api_config_sha256(endpoint_url: str, adapter: dict[str, Any] | None) -> str:
+    """sha256 of what answers an API's queries: the endpoint URL (without a trailing slash)
+    and the stored adapter, as canonical JSON, without the keys that change no answer."""
+    cfg = {k: v for k, v in (adapter or {}).items() if k not in _NOT_ANSWERING}
+    blob = json.dumps({"endpoint": endpoint_url.rstrip("/"), "adapter": cfg}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(b"encoder-audit api config v1\0" + blob.encode("utf-8")).hexdigest()
+
+
+def api_version(canary: str, config_sha256: str | None) -> str:
+    """The version string of an API: the canary hash alone (rows made without a recorded
+    configuration), else sha256 over the canary hash and the configuration hash."""
+    if config_sha256 is None:
+        return canary
+    return hashlib.sha256(f"encoder-audit api version v1\0{canary}\0{config_sha256}".encode("ascii")).hexdigest()
 
 
 def _square(arr: np.ndarray, size: int) -> bytes:
@@ -85,26 +116,34 @@ def _stored_canary(session: Session, version: str) -> np.ndarray | None:
 
 
 def resolve_canary_version(session: Session, model_id: int, embeddings: np.ndarray, *,
-                           tolerance: float = DEFAULT_TOLERANCE) -> tuple[ModelVersion, bool]:
-    """The version row these canary embeddings belong to, and whether it is new."""
+                           tolerance: float = DEFAULT_TOLERANCE,
+                           config_sha256: str | None = None) -> tuple[ModelVersion, bool]:
+    """The version row these canary embeddings belong to, and whether it is new.
+    ``config_sha256`` (:func:`api_config_sha256`) ties the version to what answers: the
+    latest version matches only if it was seen with the same configuration (or with none
+    recorded, which it then adopts)."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     latest = session.scalar(select(ModelVersion).where(
         ModelVersion.model_id == model_id, ModelVersion.how == "canary")
         .order_by(ModelVersion.last_seen.desc(), ModelVersion.id.desc()).limit(1))
-    if latest is not None:
+    seen_with = (latest.preprocess or {}).get(CONFIG_KEY) if latest is not None else None
+    if latest is not None and (config_sha256 is None or seen_with in (None, config_sha256)):
         old = _stored_canary(session, latest.version)
         if old is not None and old.shape == embeddings.shape and \
                 float(np.max(np.abs(_unit(old) - _unit(embeddings)))) <= tolerance:
+            if config_sha256 is not None and seen_with is None:
+                latest.preprocess = {**(latest.preprocess or {}), CONFIG_KEY: config_sha256}
             latest.last_seen = utcnow()
             session.flush()
             return latest, False
-    version = canary_hash(embeddings)
+    version = api_version(canary_hash(embeddings), config_sha256)
     row = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model_id,
                                                     ModelVersion.version == version))
     created = row is None
     if row is None:
         row = ModelVersion(model_id=model_id, version=version, how="canary",
-                           embedding_dim=int(embeddings.shape[1]))
+                           embedding_dim=int(embeddings.shape[1]),
+                           preprocess={CONFIG_KEY: config_sha256} if config_sha256 else None)
         session.add(row)
     row.last_seen = utcnow()
     session.flush()

@@ -51,8 +51,6 @@ def running_server(architecture: str | None = None, weights_path: Path | str | N
                    batch_size: int | None = None, startup_timeout_s: float = 30.0) -> Iterator[RunningServer]:
     """Serve a checkpoint (``architecture`` + ``weights_path``) or an in-memory ``encoder``
     handle; ``keys`` maps API key -> settings as in a keys file (None: anonymous access)."""
-    import uvicorn
-
     from audit_lib.server.app import create_app
     from audit_lib.server.keys import KeyRing
 
@@ -64,6 +62,23 @@ def running_server(architecture: str | None = None, weights_path: Path | str | N
         encoder = LocalEncoder.from_checkpoint(architecture, Path(weights_path), batch_size=batch_size)
     app = create_app(encoder, KeyRing(keys) if keys else None, max_batch=max_batch,
                      allow_anonymous=not keys)
+    with serve_app(app, host=host, port=port, startup_timeout_s=startup_timeout_s,
+                   name="the reference server") as base:
+        url = RunningServer(base)
+        url.app = app
+        url.port = int(base.rsplit(":", 1)[1])
+        log.info("reference server listening on %s", url)
+        yield url
+
+
+@contextmanager
+def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 30.0,
+              name: str = "the server") -> Iterator[str]:
+    """Serve an ASGI ``app`` with uvicorn on a real socket of ``host`` in a background
+    thread (port 0: a free one); yields the base URL and stops the server when the block
+    ends. The reference server and the tests' vendor stubs start this way."""
+    import uvicorn
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -72,21 +87,17 @@ def running_server(architecture: str | None = None, weights_path: Path | str | N
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name=f"encoder-server-{port}", daemon=True)
+                              name=f"server-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
             sock.close()
-            raise RuntimeError(f"the reference server on {host}:{port} did not start")
+            raise RuntimeError(f"{name} on {host}:{port} did not start")
         time.sleep(0.02)
-    url = RunningServer(f"http://{host}:{port}")
-    url.app = app
-    url.port = port
-    log.info("reference server listening on %s", url)
     try:
-        yield url
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
