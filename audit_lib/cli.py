@@ -75,13 +75,16 @@ def subjects_add(
 
 
 @subjects_app.command("list")
-def subjects_list() -> None:
+def subjects_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False) -> None:
     """List registered subjects (erased ones by pseudonym only)."""
     from audit_lib import registry
 
     def run() -> None:
         with _session() as s:
             rows = registry.list_subjects(s)
+            if as_json:
+                typer.echo(json.dumps([registry.subject_summary(x) for x in rows], indent=2))
+                return
             if not rows:
                 typer.echo("no subjects registered")
             for subj in rows:
@@ -98,13 +101,7 @@ def subjects_show(subject_id: int) -> None:
 
     def run() -> None:
         with _session() as s:
-            subj = registry.get_subject(s, subject_id)
-            typer.echo(json.dumps({
-                "id": subj.id, "pseudonym": subj.pseudonym, "name": subj.name,
-                "aliases": subj.aliases, "legal_basis": subj.legal_basis,
-                "erased_at": subj.erased_at.isoformat() if subj.erased_at else None,
-                "images": [{"sha256": i.sha256, "role": i.role} for i in subj.images],
-            }, indent=2))
+            typer.echo(json.dumps(registry.subject_summary(registry.get_subject(s, subject_id)), indent=2))
 
     _guarded(run)
 
@@ -122,57 +119,6 @@ def subjects_erase(subject_id: int,
         with _session() as s:
             subj = registry.erase_subject(s, subject_id)
             typer.echo(f"erased subject {subject_id}; it remains only as {subj.pseudonym}")
-
-    _guarded(run)
-
-
-@models_app.command("add")
-def models_add(
-    name: Annotated[str, typer.Option(help="a unique name for the model")],
-    role: Annotated[str, typer.Option(help="owned or suspect")],
-    architecture: Annotated[Optional[str], typer.Option(help="checkpoint: open_clip or torchvision architecture")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="checkpoint: weights file (safetensors)")] = None,
-    endpoint: Annotated[Optional[str], typer.Option(help="API: the embedding endpoint URL")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="API: adapter config as JSON")] = None,
-    credential: Annotated[Optional[str], typer.Option(help="API: name of the Airflow Connection or env variable holding the key")] = None,
-    capabilities: Annotated[str, typer.Option(help="comma-separated: image, text")] = "image",
-    budget: Annotated[Optional[int], typer.Option(help="API: queries allowed per audit run")] = None,
-) -> None:
-    """Register a local checkpoint or a remote embedding API."""
-    from audit_lib import registry
-
-    kind = "api" if endpoint else "checkpoint"
-    try:
-        adapter_cfg = json.loads(adapter) if adapter else None
-    except json.JSONDecodeError as exc:
-        fail(f"adapter: not valid JSON ({exc})")
-
-    def run() -> None:
-        with _session() as s:
-            m = registry.add_model(s, name=name, kind=kind, role=role, capabilities=capabilities,
-                                   architecture=architecture, weights_path=weights,
-                                   endpoint_url=endpoint, adapter=adapter_cfg,
-                                   credential_name=credential, query_budget=budget)
-            typer.echo(f"registered model {m.id} ({m.name}, {m.kind}, {m.role}, "
-                       f"{'+'.join(m.capabilities)})")
-
-    _guarded(run)
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """List registered models."""
-    from audit_lib import registry
-
-    def run() -> None:
-        with _session() as s:
-            rows = registry.list_models(s)
-            if not rows:
-                typer.echo("no models registered")
-            for m in rows:
-                where = m.endpoint_url if m.kind == "api" else f"{m.architecture} @ {m.weights_path}"
-                typer.echo(f"{m.id:>4}  {m.name}  {m.kind}  {m.role}  "
-                           f"{'+'.join(m.capabilities)}  {where}")
 
     _guarded(run)
 

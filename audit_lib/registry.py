@@ -1,4 +1,5 @@
-"""Registration of data subjects and models, and subject erasure (DESIGN §1, §4, §5).
+"""Registration of data subjects and models, model updates and retirement, and subject
+erasure.
 
 Every function takes an open session and either completes or raises before the caller's
 transaction commits, so a refused input leaves nothing behind.
@@ -12,16 +13,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from audit_lib.config import get_settings
 from audit_lib.images import CheckedImage, ImageError, check_image_folder
-from audit_lib.store.models import AuditedModel, DataSubject, ImageBlob, SubjectImage, utcnow
+from audit_lib.store.models import (AuditedModel, DataSubject, Finding, ImageBlob, ModelVersion,
+                                    SubjectImage, utcnow)
 
 CAPABILITIES = frozenset({"image", "text"})
 MODEL_KINDS = frozenset({"checkpoint", "api"})
-MODEL_ROLES = frozenset({"owned", "suspect"})
+# reference: an encoder known to be trained independently of an owner's (the ownership null)
+MODEL_ROLES = frozenset({"owned", "suspect", "reference"})
 IMAGE_ROLES = ("reference", "claimed")
 MAX_TEXT = 200  # the width of the name, alias and legal-basis columns
 
@@ -172,12 +175,55 @@ def parse_capabilities(text: str | list[str]) -> list[str]:
     return sorted(set(names))
 
 
+def resolve_model_adapter(preset: str | None = None, adapter: dict[str, Any] | None = None,
+                          embedding_dim: int | None = None, *,
+                          current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The validated adapter of an API, as stored in ``models.adapter``: the preset's fields
+    with ``adapter`` laid over them (without a preset: ``adapter`` laid over the ``current``
+    stored adapter, or ``adapter`` alone, v1 or v2) and ``embedding_dim`` set. A typo or bad value is refused naming the key; an adapter that
+    cannot learn its dimension (no ``embedding_dim``, no ``info`` path) is refused naming
+    ``--embedding-dim``, since its first audit would fail."""
+    from audit_lib.encoders.adapter import AdapterError, deep_merge, parse_adapter, resolve_adapter
+
+    if embedding_dim is not None and int(embedding_dim) < 1:
+        raise RegistryError(f"embedding dimension: {embedding_dim} is not a positive number")
+    try:
+        if not preset and current is not None:
+            adapter = deep_merge(parse_adapter(current).to_json(), adapter)
+        resolved = resolve_adapter(preset, adapter) if preset else parse_adapter(adapter)
+        if embedding_dim is not None:
+            resolved = parse_adapter({**resolved.to_json(), "embedding_dim": int(embedding_dim)})
+        stored = resolved.to_json()
+    except AdapterError as exc:
+        raise RegistryError(str(exc)) from None
+    if not stored.get("embedding_dim") and not (stored.get("info") or {}).get("path"):
+        raise RegistryError("embedding dimension: unknown for this API (its adapter has no 'info' "
+                            "path to ask it); give --embedding-dim N")
+    return stored
+
+
+def check_endpoint_url(endpoint_url: str | None) -> str:
+    """An API's endpoint, refused unless it is an http(s) URL with a host."""
+    parsed = urlparse(endpoint_url or "")
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise RegistryError(f"endpoint: {endpoint_url!r} is not an http(s) URL")
+    return str(endpoint_url)
+
+
+def _check_budget(query_budget: int | None) -> None:
+    if query_budget is not None and query_budget <= 0:
+        raise RegistryError(f"query budget: {query_budget} is not a positive number")
+
+
 def add_model(session: Session, *, name: str, kind: str, role: str, capabilities: str | list[str],
               architecture: str | None = None, weights_path: Path | None = None,
               endpoint_url: str | None = None, adapter: dict[str, Any] | None = None,
-              credential_name: str | None = None, query_budget: int | None = None) -> AuditedModel:
+              credential_name: str | None = None, query_budget: int | None = None,
+              preset: str | None = None, embedding_dim: int | None = None) -> AuditedModel:
     """Register a local checkpoint (architecture + weights file) or a remote API (endpoint
-    URL, adapter, the *name* of its credential, never the secret itself)."""
+    URL, adapter from ``preset`` and ``adapter`` overrides with ``embedding_dim``, the
+    *name* of its credential, never the secret itself). The adapter is validated here, so a
+    typo is refused at registration rather than at the first audit."""
     if not name.strip():
         raise RegistryError("name: a model needs a name")
     if kind not in MODEL_KINDS:
@@ -190,15 +236,25 @@ def add_model(session: Session, *, name: str, kind: str, role: str, capabilities
     if kind == "checkpoint":
         if not architecture:
             raise RegistryError("architecture: a checkpoint needs its architecture name")
-        if weights_path is None or not Path(weights_path).is_file():
+        from audit_lib.encoders.architectures import ArchitectureError, check_python_factory
+        from audit_lib.encoders.loading import folder_kind
+
+        try:
+            check_python_factory(architecture, role)
+        except ArchitectureError as exc:
+            raise RegistryError(str(exc)) from None
+        folder_ok = folder_kind(architecture) is not None and weights_path is not None \
+            and Path(weights_path).is_dir()
+        if weights_path is None or not (Path(weights_path).is_file() or folder_ok):
             raise RegistryError(f"weights: {weights_path}: no such file")
         weights_path = Path(weights_path).resolve()
+        if adapter or preset or embedding_dim is not None:
+            raise RegistryError("adapter: only an API has an adapter, preset or embedding dimension "
+                                "(a checkpoint's dimension comes from its network)")
     else:
-        parsed = urlparse(endpoint_url or "")
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise RegistryError(f"endpoint: {endpoint_url!r} is not an http(s) URL")
-        if query_budget is not None and query_budget <= 0:
-            raise RegistryError(f"query budget: {query_budget} is not a positive number")
+        check_endpoint_url(endpoint_url)
+        _check_budget(query_budget)
+        adapter = resolve_model_adapter(preset, adapter, embedding_dim)
     model = AuditedModel(name=name.strip(), kind=kind, role=role, capabilities=caps,
                          architecture=architecture,
                          weights_path=str(weights_path) if weights_path else None,
@@ -222,3 +278,195 @@ def get_model(session: Session, ref: int | str) -> AuditedModel:
     if model is None:
         raise RegistryError(f"model {ref}: no such model")
     return model
+
+
+# --- reference non-members of a model ------------------------------------------------------
+
+
+def add_reference_images(session: Session, model: AuditedModel, images: list[CheckedImage]
+                         ) -> tuple[int, int]:
+    """Register known non-members of ``model``'s training set (membership inference ranks
+    claimed images against them). The bytes go to ``image_blobs`` once; an image already
+    registered for this model is skipped. Returns (added, already registered)."""
+    from audit_lib.store.models import ModelReferenceImage
+
+    if not images:
+        raise RegistryError("references: no images to register")
+    have = set(session.scalars(select(ModelReferenceImage.sha256)
+                               .where(ModelReferenceImage.model_id == model.id)))
+    added = 0
+    for img in images:
+        if img.sha256 in have:
+            continue
+        _store_blob(session, img)
+        session.add(ModelReferenceImage(model_id=model.id, sha256=img.sha256, name=Path(img.name).name[:255]))
+        have.add(img.sha256)
+        added += 1
+    session.flush()
+    return added, len(images) - added
+
+
+def add_reference_folder(session: Session, model_ref: int | str, folder: Path
+                         ) -> tuple[AuditedModel, int, int]:
+    """:func:`add_reference_images` with the images read and checked from a folder (the
+    same untrusted-image checks as subjects' uploads). Returns (model, added, skipped)."""
+    model = get_model(session, model_ref)
+    try:
+        images = check_image_folder(folder, **ImageLimits.from_settings().as_kwargs())
+    except ImageError as exc:
+        raise RegistryError(str(exc)) from None
+    added, skipped = add_reference_images(session, model, images)
+    return model, added, skipped
+
+
+def reference_images(session: Session, model: AuditedModel) -> list[tuple[str, str, bytes]]:
+    """(sha256, file name, bytes) of the model's registered reference non-members, in
+    registration order."""
+    from audit_lib.store.models import ModelReferenceImage
+
+    rows = session.scalars(select(ModelReferenceImage).where(ModelReferenceImage.model_id == model.id)
+                           .order_by(ModelReferenceImage.id))
+    return [(r.sha256, r.name, r.blob.data) for r in rows]
+
+
+def require_model_auditable(model: AuditedModel) -> None:
+    """Refuse to audit a retired model (its findings stay; it takes no new audits)."""
+    if model.retired_at is not None:
+        raise RegistryError(f"model {model.name} was retired on {model.retired_at:%Y-%m-%d}: it takes "
+                            "no new audits (its findings stay)")
+
+
+def retire_model(session: Session, ref: int | str) -> AuditedModel:
+    """Retire a model: no new audits, the registry snapshots of audit runs skip it, and
+    its versions, findings and evidence stay as they are."""
+    model = get_model(session, ref)
+    if model.retired_at is not None:
+        raise RegistryError(f"model {model.name}: already retired on {model.retired_at:%Y-%m-%d}")
+    model.retired_at = utcnow()
+    session.flush()
+    return model
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """One registered field changed by :func:`update_model`; ``new_version`` says whether
+    it changes what answers (so the next audit resolves a new model version)."""
+
+    field: str
+    old: Any
+    new: Any
+    new_version: bool
+
+
+# fields whose change alters what answers a query: the next audit makes a new version
+_ANSWERING = frozenset({"endpoint_url", "adapter", "weights_path"})
+
+
+def update_model(session: Session, ref: int | str, *, endpoint_url: str | None = None,
+                 adapter: dict[str, Any] | None = None, preset: str | None = None,
+                 query_budget: int | None = None, credential_name: str | None = None,
+                 embedding_dim: int | None = None, weights_path: Path | None = None) -> list[ModelChange]:
+    """Change a registered model, validated as at registration; returns what changed.
+
+    For an API, ``preset`` rebuilds the adapter from that preset with ``adapter`` laid over
+    it; ``adapter`` alone is laid over the current adapter; ``embedding_dim`` sets the
+    dimension. A change of the endpoint, adapter or (for a checkpoint) weights file makes
+    a new model version at the next audit (see :func:`audit_lib.encoders.version.api_config_sha256`);
+    the budget and the credential name do not."""
+    model = get_model(session, ref)
+    changes: dict[str, Any] = {}
+    if model.kind == "checkpoint":
+        if endpoint_url or adapter or preset or embedding_dim is not None or credential_name or \
+                query_budget is not None:
+            raise RegistryError(f"model {model.name} is a checkpoint: only --weights can be updated")
+        if weights_path is not None:
+            if not Path(weights_path).is_file():
+                raise RegistryError(f"weights: {weights_path}: no such file")
+            changes["weights_path"] = str(Path(weights_path).resolve())
+    else:
+        if weights_path is not None:
+            raise RegistryError(f"model {model.name} is an API: it has no weights file")
+        if endpoint_url is not None:
+            changes["endpoint_url"] = check_endpoint_url(endpoint_url)
+        if query_budget is not None:
+            _check_budget(query_budget)
+            changes["query_budget"] = query_budget
+        if credential_name is not None:
+            changes["credential_name"] = credential_name.strip() or None
+        if adapter is not None or preset or embedding_dim is not None:
+            changes["adapter"] = resolve_model_adapter(preset, adapter, embedding_dim,
+                                                       current=model.adapter or {})
+    out = []
+    for name, value in changes.items():
+        old = getattr(model, name)
+        if old != value:
+            out.append(ModelChange(name, old, value, name in _ANSWERING))
+            setattr(model, name, value)
+    session.flush()
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def model_summary(session: Session, model: AuditedModel) -> dict[str, Any]:
+    """Everything registered about a model, as JSON-ready data (``models show``, ``models
+    list --json``): never a secret, only the credential's name. One place builds it, so
+    other registrations of a model (image sets, references) add their key here."""
+    from audit_lib.encoders.version import api_config_sha256
+    from audit_lib.ownership.owner_data import image_sets_summary
+
+    n_findings = session.scalar(select(func.count(Finding.id)).join(
+        ModelVersion, Finding.model_version_id == ModelVersion.id).where(ModelVersion.model_id == model.id))
+    return {
+        "id": model.id, "name": model.name, "kind": model.kind, "role": model.role,
+        "capabilities": list(model.capabilities or []),
+        "architecture": model.architecture, "weights_path": model.weights_path,
+        "endpoint_url": model.endpoint_url, "adapter": model.adapter,
+        "credential_name": model.credential_name, "query_budget": model.query_budget,
+        "answering_config_sha256": (api_config_sha256(model.endpoint_url, model.adapter)
+                                    if model.kind == "api" and model.endpoint_url else None),
+        "created_at": _iso(model.created_at), "retired_at": _iso(model.retired_at),
+        "status": "retired" if model.retired_at is not None else "active",
+        "versions": [{"id": v.id, "version": v.version, "how": v.how, "embedding_dim": v.embedding_dim,
+                      "first_seen": _iso(v.first_seen), "last_seen": _iso(v.last_seen)}
+                     for v in model.versions],
+        "n_findings": int(n_findings or 0),
+        "image_sets": image_sets_summary(session, model.id),
+    }
+
+
+def subject_summary(subject: DataSubject) -> dict[str, Any]:
+    """A subject as JSON-ready data (``subjects show``, ``subjects list --json``); an erased
+    subject keeps only its pseudonym, image hashes and dates."""
+    return {
+        "id": subject.id, "pseudonym": subject.pseudonym, "name": subject.name,
+        "aliases": subject.aliases, "legal_basis": subject.legal_basis,
+        "erased_at": _iso(subject.erased_at),
+        "images": [{"sha256": i.sha256, "role": i.role} for i in subject.images],
+    }
+
+
+FINETUNABLE_FAMILIES = ("open_clip", "small_cnn", "torchvision")  # what the ownership enrolments train
+
+
+def require_owned_checkpoint(model: AuditedModel) -> tuple[str, Path]:
+    """(architecture, weights path) of an owned local checkpoint that the ownership
+    enrolments can fine-tune; RegistryError naming what is wrong otherwise (an API, another
+    role, a retired model, a missing weights file, an architecture family we cannot train)."""
+    if model.role != "owned":
+        raise RegistryError(f"model {model.name}: only an owned model can be enrolled (its role is {model.role})")
+    if getattr(model, "retired_at", None) is not None:
+        raise RegistryError(f"model {model.name}: retired on {model.retired_at:%Y-%m-%d}; it cannot be enrolled")
+    if model.kind != "checkpoint" or not model.architecture or not model.weights_path:
+        raise RegistryError(f"model {model.name}: enrolment needs the weights (a local checkpoint with its "
+                            "architecture), not an API")
+    family = model.architecture.partition(":")[0]
+    if family not in FINETUNABLE_FAMILIES:
+        raise RegistryError(f"model {model.name}: architecture {model.architecture!r} cannot be fine-tuned here "
+                            f"(supported families: {', '.join(FINETUNABLE_FAMILIES)})")
+    path = Path(model.weights_path)
+    if not path.is_file():
+        raise RegistryError(f"model {model.name}: weights file {path} is missing; register it again")
+    return model.architecture, path

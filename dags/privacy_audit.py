@@ -50,7 +50,8 @@ def privacy_audit():
        `pairs_per_task` pairs per task instance (default 1), GPU queue): IDIA (Hintersdorf et al., JAIR 2024) where the model has a text tower;
        EncoderMI (Liu et al., CCS 2021) where the subject registered claimed images.
        Each stores its finding idempotently (a re-run writes no duplicate).
-    5. **summarise_run**: counts per method and decision, evidence chain head.
+    5. **summarise_run**: counts per method and decision, evidence chain head; the run
+       ends `succeeded`. When a task failed instead, **mark_run_failed** closes it as `failed`.
     6. **request_reports**: updates the `evidence_report_requests` asset when there are new
        positive findings (skipped when there are none), which triggers `evidence_reports`.
 
@@ -125,21 +126,24 @@ def privacy_audit():
         "changed during the run, or an API error (retried)."))
     def identity_inference(pairs: list[dict]) -> list[dict]:
         from audit_lib.pipelines.context import current_run
-        from audit_lib.pipelines.privacy import run_chunk
+        from audit_lib.pipelines.privacy import inputs_fail_fast, run_chunk
 
         run_key, params = current_run()
-        return run_chunk("identity", pairs, run_key, params)
+        with inputs_fail_fast():
+            return run_chunk("identity", pairs, run_key, params)
 
     @task(**MODEL_TASK, **REMOTE_RETRIES, execution_timeout=timedelta(minutes=30), doc_md=(
         "EncoderMI for one subject's claimed images on one model: augmented-view similarity "
         "ranked against reference non-members; Mann-Whitney U and Holm per image. Stores the "
-        "finding (idempotent). **Failure**: unreadable image, model changed, API error (retried)."))
+        "finding (idempotent). **Failure**: a claimed image that is also a reference or another refused "
+        "input (at once, before any query), unreadable image, model changed, API error (retried)."))
     def membership_inference(pairs: list[dict]) -> list[dict]:
         from audit_lib.pipelines.context import current_run
-        from audit_lib.pipelines.privacy import run_chunk
+        from audit_lib.pipelines.privacy import inputs_fail_fast, run_chunk
 
         run_key, params = current_run()
-        return run_chunk("membership", pairs, run_key, params)
+        with inputs_fail_fast():
+            return run_chunk("membership", pairs, run_key, params)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
         "Counts the run's findings per method and decision, marks the audit run finished and "
@@ -150,6 +154,16 @@ def privacy_audit():
 
         run_key, _ = current_run()
         return summarise(run_key)
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
+        "Runs only when a task of the run failed: marks the audit run `failed` with its finish "
+        "time (the findings stored so far stay). Skipped when every task succeeded."))
+    def mark_run_failed() -> dict:
+        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.summary import fail_run
+
+        run_key, _ = current_run()
+        return fail_run(run_key)
 
     @task(outlets=[REPORT_REQUESTS], execution_timeout=timedelta(minutes=5), doc_md=(
         "Finds positive findings of this run not yet covered by a report and updates the "
@@ -172,6 +186,7 @@ def privacy_audit():
     mi = membership_inference.expand(pairs=plan_membership(snapshot, calibrated))
     summary = summarise_run()
     [idia, mi] >> summary
+    [snapshot, versions, calibrated, idia, mi] >> mark_run_failed()
     request_reports(summary)
 
 

@@ -95,5 +95,6 @@ def register_small_registry(tiny_clip: tuple[str, Path], small_cnn: tuple[str, P
                   for n, c, (a, w) in (("tiny-clip-random", "image,text", tiny_clip),
                                        ("small-cnn-random", "image", small_cnn))]
     refs = [(f"s{p}-{i}.pgm", (FACES / f"s{p}" / f"{i}.pgm").read_bytes()) for p in (35, 36, 37, 38) for i in (1, 2, 3)]
-    write_reference_nonmembers("default", refs)
+    for name in ("tiny-clip-random", "small-cnn-random"):
+        write_reference_nonmembers(name, refs)
     return {"subjects": subjects, "models": models}

@@ -18,7 +18,7 @@ pytest.importorskip("airflow", reason="apache-airflow is not installed")
 DAG_IDS = {"privacy_audit", "ownership_audit", "model_enrolment", "evidence_reports"}
 MODEL_TASKS = {
     "privacy_audit": {"check_model_version", "calibrate_null", "identity_inference", "membership_inference"},
-    "ownership_audit": {"check_model_version", "watermark_check", "fingerprint_check"},
+    "ownership_audit": {"check_model_version", "watermark_check", "fingerprint_check", "theft_risk"},
     "model_enrolment": {"watermark", "zoo", "fingerprint", "calibration", "theft_risk"},
     "evidence_reports": set(),
 }
@@ -137,7 +137,7 @@ def test_privacy_audit_on_an_empty_registry_succeeds(airflow_dags, db_url):
     with session_scope() as s:
         runs = list(s.scalars(select(AuditRun)))
     assert [(r.run_key, r.kind, r.status) for r in runs] == [
-        (f"privacy_audit/{dr.run_id}", "privacy", "success")]
+        (f"privacy_audit/{dr.run_id}", "privacy", "succeeded")]
 
 
 def test_unknown_subject_id_fails_the_snapshot_naming_it(airflow_dags, sqlite_db_url):

@@ -172,7 +172,7 @@ def test_bad_input_is_refused(collection, tmp_path, monkeypatch):
     members, nonmembers, enc = collection
     with pytest.raises(MethodInputError, match="reference"):
         run_encodermi(enc, members[:2], nonmembers[:5])
-    with pytest.raises(MethodInputError, match="also among"):
+    with pytest.raises(MethodInputError, match="is also one of the model.s reference non-members"):
         run_encodermi(enc, members[:2] + nonmembers[:1], nonmembers[:20])
     with pytest.raises(MethodInputError, match="no claimed"):
         run_encodermi(enc, [], nonmembers[:20])

@@ -29,7 +29,7 @@ def _findings():
 def test_privacy_audit_end_to_end(airflow_dags, db_url, tiny_clip_weights, small_cnn_weights):
     from audit_lib.evidence import verify_chain
     from audit_lib.store import session_scope
-    from audit_lib.store.models import AuditRun, EvidenceItem, ModelVersion
+    from audit_lib.store.models import AuditRun, EvidenceItem, Finding, ModelVersion
 
     ids = register_small_registry(tiny_clip_weights, small_cnn_weights)
     dr = airflow_dags["privacy_audit"].test(run_conf=FAST)
@@ -44,9 +44,14 @@ def test_privacy_audit_end_to_end(airflow_dags, db_url, tiny_clip_weights, small
         + [("encoder_mi", f"subject:{s}") for s in ids["subjects"] for _ in ids["models"]])
     for method, _, _, decision, p in found:
         assert decision in ("positive", "negative") and 0 < p <= 1, (method, decision, p)
+    with session_scope() as s:  # every finding says how many queries reached the model
+        details = [f.details for f in s.scalars(select(Finding))]
+    assert all(d["queries_sent"] >= 0 and d["cache_hits"] >= 0 for d in details)
+    assert sum(d["queries_sent"] for d in details) > 0
     with session_scope() as s:
         run = s.scalar(select(AuditRun))
-        assert run.run_key == f"privacy_audit/{dr.run_id}" and run.status == "success"
+        assert run.run_key == f"privacy_audit/{dr.run_id}" and run.status == "succeeded"
+        assert run.finished_at is not None
         assert verify_chain(s, run).ok
         n_items = s.scalar(select(func.count()).select_from(EvidenceItem))
         versions = {v.model_id: v.id for v in s.scalars(select(ModelVersion))}
@@ -131,3 +136,30 @@ def test_ownership_pairs_only_where_the_owned_model_has_the_method_artefact(sqli
     f = Finding(target_key=f"suspect:{ids['sus-1']}", parameters={"owned_model_id": ids["owned-a"]})
     assert case_for(f) == f"ownership:{ids['owned-a']}:{ids['sus-1']}"
     assert case_for(Finding(target_key="model:3", parameters={})) is None
+
+
+def test_a_failed_pair_marks_the_run_failed_at_once(airflow_dags, sqlite_db_url, tiny_clip_weights,
+                                                      small_cnn_weights):
+    """The small CNN's reference set (registered in the store, which wins over the shared
+    folder) contains one of a subject's claimed images: that pair's task fails at once (no
+    retry) before querying, and the failure path marks the audit run failed."""
+    from audit_lib.pipelines.references import write_reference_nonmembers
+    from audit_lib.store import session_scope
+    from audit_lib.store.models import AuditRun
+    from tests.fixtures_airflow import FACES
+
+    register_small_registry(tiny_clip_weights, small_cnn_weights)
+    refs = [(f"s{p}-{i}.pgm", (FACES / f"s{p}" / f"{i}.pgm").read_bytes()) for p in (35, 36) for i in range(1, 7)]
+    refs.append(("also-claimed.pgm", (FACES / "s1" / "4.pgm").read_bytes()))  # subject 1's claimed image
+    write_reference_nonmembers("small-cnn-random", refs)
+    dr = airflow_dags["privacy_audit"].test(run_conf=FAST)
+    tis = [ti for ti in dr.get_task_instances()]
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
+    assert str(dr.state) == "failed", states
+    failed = [ti for ti in tis if str(ti.state) == "failed"]
+    assert [ti.task_id for ti in failed] == ["membership_inference"] and failed[0].try_number == 1
+    assert states[("mark_run_failed", -1)] == "success"
+    assert states[("summarise_run", -1)] == "upstream_failed"
+    with session_scope() as s:
+        run = s.scalar(select(AuditRun))
+        assert run.status == "failed" and run.finished_at is not None

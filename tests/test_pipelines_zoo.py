@@ -77,7 +77,7 @@ def test_privacy_audit_on_the_ci_zoo_decides_members_and_nonmembers(airflow_dags
     assert len(found) == 2 * len(reg.labels)
     with session_scope() as s:
         run = s.scalar(select(AuditRun).where(AuditRun.run_key == f"privacy_audit/{dr.run_id}"))
-        assert run.status == "success" and verify_chain(s, run).ok
+        assert run.status == "succeeded" and verify_chain(s, run).ok
     # the reports DAG renders one PDF per subject with a positive finding
     dr2 = airflow_dags["evidence_reports"].test(run_conf={})
     assert str(dr2.state) == "success", _states(dr2)

@@ -177,13 +177,15 @@ def _register(cfg: PipelineBenchConfig, manifest: Any) -> tuple[int, int]:
     rng = np.random.default_rng(0)
     public = rng.permutation(splits["public"])
     refs = [png_bytes(images.x_train[i][None])[0] for i in target.splits["nonmembers"][:cfg.n_references]]
-    write_reference_nonmembers("default", [(f"reference-{i:03d}.png", b) for i, b in enumerate(refs)])
     people = clip.people
     with session_scope() as s:
         for e in entries:
             registry.add_model(s, name=registry_name(manifest.profile, e.name), kind="checkpoint", role="suspect",
                                capabilities=e.capabilities, architecture=e.architecture,
                                weights_path=Path(e.weights_path))
+    for e in entries:
+        write_reference_nonmembers(registry_name(manifest.profile, e.name),
+                                   [(f"reference-{i:03d}.png", b) for i, b in enumerate(refs)])
     if cfg.population == "zoo":
         if cfg.subjects > len(people):
             raise ValueError(f"population zoo has {len(people)} people; use --population synthetic for more")

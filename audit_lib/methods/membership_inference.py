@@ -98,12 +98,12 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def run_encodermi(handle, images: Sequence[bytes], reference_nonmembers: Sequence[bytes], *,
-                  rule: str = "T", n_views: int = 10, alpha: float = 0.05,
-                  classifier: MIClassifier | None = None) -> FindingResult:
-    """Run EncoderMI for a collection of claimed images on one model and return the
-    calibrated finding. ``classifier`` is the shadow-trained rule (default: the one kept
-    in the data directory; for T, without one only the published cut is missing)."""
+def check_inputs(images: Sequence[bytes], reference_nonmembers: Sequence[bytes], *, rule: str,
+                 n_views: int, alpha: float, classifier: MIClassifier | None = None) -> MIClassifier:
+    """Refuse inputs EncoderMI cannot test (a bad rule, level or view count, too few
+    references, a claimed image that is also a reference, rule V or S without a trained
+    classifier) and return the classifier to use. Callers run it before opening the model,
+    so a refusal costs no query."""
     if rule not in RULES:
         raise MethodInputError(f"EncoderMI: rule {rule!r} is not one of {RULES}")
     if not 0 < alpha < 1:
@@ -114,13 +114,14 @@ def run_encodermi(handle, images: Sequence[bytes], reference_nonmembers: Sequenc
         raise MethodInputError("EncoderMI: no claimed images to test")
     if len(reference_nonmembers) < MIN_REFERENCES:
         raise MethodInputError(f"EncoderMI: {len(reference_nonmembers)} reference non-member "
-                               f"images; at least {MIN_REFERENCES} are needed to calibrate")
-    claimed_sha = [_sha(b) for b in images]
+                               f"images; at least {MIN_REFERENCES} are needed to calibrate: register "
+                               "more known non-members for the model")
     ref_sha = {_sha(b) for b in reference_nonmembers}
-    overlap = [h for h in claimed_sha if h in ref_sha]
+    overlap = [h for h in (_sha(b) for b in images) if h in ref_sha]
     if overlap:
-        raise MethodInputError(f"EncoderMI: claimed image {overlap[0][:12]} is also among the "
-                               "reference non-members")
+        raise MethodInputError(f"EncoderMI: claimed image {overlap[0][:12]} is also one of the model's "
+                               "reference non-members; a reference must be an image the model cannot "
+                               "have been trained on: remove it from the reference set or from the claim")
     if classifier is None:
         if rule == "T":
             path = default_classifier_path("T", n_views)
@@ -132,6 +133,18 @@ def run_encodermi(handle, images: Sequence[bytes], reference_nonmembers: Sequenc
     if classifier.rule == "V" and classifier.n_views != n_views:
         raise MethodInputError(f"EncoderMI-V: classifier trained for {classifier.n_views} views, "
                                f"run asks for {n_views}")
+    return classifier
+
+
+def run_encodermi(handle, images: Sequence[bytes], reference_nonmembers: Sequence[bytes], *,
+                  rule: str = "T", n_views: int = 10, alpha: float = 0.05,
+                  classifier: MIClassifier | None = None) -> FindingResult:
+    """Run EncoderMI for a collection of claimed images on one model and return the
+    calibrated finding. ``classifier`` is the shadow-trained rule (default: the one kept
+    in the data directory; for T, without one only the published cut is missing)."""
+    classifier = check_inputs(images, reference_nonmembers, rule=rule, n_views=n_views, alpha=alpha,
+                              classifier=classifier)
+    claimed_sha = [_sha(b) for b in images]
     version = handle.model_version
     feats = view_features(handle, images, n_views)
     ref_feats = view_features(handle, reference_nonmembers, n_views)

@@ -107,7 +107,7 @@ def _summary() -> None:
     from sqlalchemy import select
 
     from audit_lib.store import session_scope
-    from audit_lib.store.models import AuditedModel, DataSubject, Finding, ModelVersion, Report
+    from audit_lib.store.models import AuditedModel, AuditRun, DataSubject, Finding, ModelVersion, Report
 
     with session_scope() as s:
         names = {d.id: d.pseudonym for d in s.scalars(select(DataSubject))}
@@ -123,7 +123,14 @@ def _summary() -> None:
             else:
                 who = f.target_key
             p = "n/a" if f.p_value is None else f"{f.p_value:.3g}"
-            _say(f"  {f.method:<11} {who:<44} on {models.get(f.model_version_id, '?'):<24} {f.decision} (p={p})")
+            d = f.details or {}
+            queries = (f"; {d['queries_sent']} queries sent, {d['cache_hits']} from the cache"
+                       if "queries_sent" in d else "")
+            _say(f"  {f.method:<11} {who:<44} on {models.get(f.model_version_id, '?'):<24} {f.decision} "
+                 f"(p={p}){queries}")
+        _say("\n== audit runs")
+        for run in s.scalars(select(AuditRun).order_by(AuditRun.id)):
+            _say(f"  {run.run_key}: {run.kind}, {run.status}")
         reports = list(s.scalars(select(Report).order_by(Report.id)))
     _say("\n== PDF evidence reports")
     for r in reports:

@@ -23,11 +23,13 @@ def snapshot_registry(run_key: str, *, kind: str, config: dict[str, Any] | None 
                       subject_ids: Sequence[int] | None = None,
                       model_ids: Sequence[int] | None = None,
                       db_url: str | None = None) -> dict[str, Any]:
-    """Live (not erased) subjects and registered models, optionally restricted to ids.
+    """Live (not erased) subjects and active (not retired) models, optionally restricted
+    to ids.
 
     Returns ``{"run_key", "run_id", "subjects": [{"id", "n_reference", "n_claimed"}],
     "models": [{"id", "role", "kind", "text"}], "owned_enrolled": [ids]}``. An unknown id in
-    a restriction is an error naming it (a typo must not turn into an empty audit).
+    a restriction is an error naming it (a typo must not turn into an empty audit), and so
+    is a retired model named in one (it takes no new audits).
     """
     with session_scope(db_url) as session:
         run = start_run(session, run_key, kind, config or {})
@@ -41,6 +43,14 @@ def snapshot_registry(run_key: str, *, kind: str, config: dict[str, Any] | None 
         models = list(session.scalars(model_q))
         _check_known("subject", subject_ids, [s.id for s in subjects])
         _check_known("model", model_ids, [m.id for m in models])
+        retired = [m for m in models if m.retired_at is not None]
+        if retired and model_ids:
+            raise ValueError(f"model ids {[m.id for m in retired]}: retired "
+                             f"({', '.join(m.name for m in retired)}), they take no new audits; "
+                             "nothing was audited")
+        if retired:
+            log.info("registry snapshot for %s: skipping %d retired model(s)", run_key, len(retired))
+        models = [m for m in models if m.retired_at is None]
         enrolled = set(session.scalars(select(EnrolmentArtefact.model_id).distinct()))
         snap = {
             "run_key": run_key, "run_id": run.id,

@@ -28,9 +28,15 @@ def case_for(finding: Finding) -> str | None:
     return None
 
 
+def _open_sub_runs(session: Any, run_key: str) -> list[AuditRun]:
+    """The still-running sub-runs of a run (keys ``RUN/...``, e.g. ``RUN/theft/MODEL``)."""
+    return list(session.scalars(select(AuditRun).where(
+        AuditRun.run_key.startswith(f"{run_key}/", autoescape=True), AuditRun.status == "running")))
+
+
 def summarise_run(run_key: str, *, db_url: str | None = None) -> dict[str, Any]:
-    """Count the run's findings by method and decision, mark the run finished and return
-    the counts (ids and numbers only)."""
+    """Count the run's findings by method and decision, mark the run and its sub-runs
+    (``RUN/...``) ``succeeded`` and return the counts (ids and numbers only)."""
     from audit_lib.evidence import chain_head, finish_run
 
     with session_scope(db_url) as session:
@@ -40,10 +46,35 @@ def summarise_run(run_key: str, *, db_url: str | None = None) -> dict[str, Any]:
         findings = list(session.scalars(select(Finding).where(Finding.run_id == run.id)))
         counts = Counter(f"{f.method}:{f.decision}" for f in findings)
         finish_run(session, run, "succeeded")
+        for sub in _open_sub_runs(session, run_key):
+            finish_run(session, sub, "succeeded")
         head = chain_head(session, run)
     log.info("run %s: %d findings (%s); evidence chain head %s", run_key, len(findings),
              ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none", head)
     return {"run_key": run_key, "n_findings": len(findings), "counts": dict(counts), "chain_head": head}
+
+
+def close_runs(run_key: str, status: str = "succeeded", *, db_url: str | None = None) -> dict[str, Any]:
+    """Close the run ``run_key`` and its sub-runs (``RUN/...``, e.g. the enrolment's
+    ``RUN/theft``) that are still ``running`` as ``status`` (``succeeded``, or ``failed`` on a
+    DAG's failure path). Runs that are already closed are left as they are; a run that was
+    never opened (the snapshot failed) is no error. Returns the keys closed."""
+    from audit_lib.evidence import finish_run
+
+    closed = []
+    with session_scope(db_url) as session:
+        run = session.scalar(select(AuditRun).where(AuditRun.run_key == run_key))
+        for r in ([run] if run is not None and run.status == "running" else []) + _open_sub_runs(session, run_key):
+            finish_run(session, r, status)
+            closed.append(r.run_key)
+    if closed:
+        (log.warning if status == "failed" else log.info)("run %s: marked %s: %s", run_key, status, ", ".join(closed))
+    return {"run_key": run_key, "status": status, "closed": closed}
+
+
+def fail_run(run_key: str, *, db_url: str | None = None) -> dict[str, Any]:
+    """The failure path of a DAG: :func:`close_runs` with ``failed``."""
+    return close_runs(run_key, "failed", db_url=db_url)
 
 
 def new_positive_cases(run_key: str, *, db_url: str | None = None) -> list[str]:

@@ -171,10 +171,33 @@ def _finding_view(f: FindingView, show_target: bool) -> dict[str, Any]:
         "verdict": (verdict_sentence(rec["decision"], rec.get("p_value"), rec["alpha"])
                     if f.row.method != "theft" else _theft_summary(d)),
         "meaning": p_meaning(rec["hypothesis"], rec.get("p_value"), assumptions),
-        "assumptions": assumptions, "n_queries": d.get("n_queries", "not recorded"),
+        "assumptions": assumptions, "n_queries": queries_text(d),
+        "holm_warning": d.get("holm_warning"),
         "n_null": len(null), "p_min": fmt_p(1 / (len(null) + 1)) if null else None,
         "tables": _tables(f.row.method, d), "figures": _figures(f.row.method, d, rec),
     }
+
+
+def queries_text(details: dict[str, Any]) -> str:
+    """How many queries a finding took, saying how many reached the model and how many the
+    query cache answered (a re-run of the same inputs sends none). Findings stored before
+    the two were counted apart say so."""
+    total = details.get("n_queries")
+    if "queries_sent" in details:
+        sent, hits = int(details["queries_sent"]), int(details.get("cache_hits") or 0)
+        return f"{sent} sent to the model, {hits} answered from the query cache ({sent + hits} in all)"
+    if total is None:
+        return "not recorded"
+    return f"{total} (sent and cached not counted apart for this finding)"
+
+
+def _chain_counts(items: list[dict[str, Any]]) -> str:
+    """The run's evidence records by origin: answered by the model, from the query cache,
+    findings (a decoy-prompt set is one record)."""
+    queries = [it for it in items if it.get("kind") != "finding"]
+    cached = sum(1 for it in queries if it.get("cached"))
+    return (f"{len(queries) - cached} answered by the model, {cached} from the query cache, "
+            f"{len(items) - len(queries)} findings")
 
 
 def _headline(data: CaseData, views: list[dict[str, Any]]) -> tuple[str, int]:
@@ -258,7 +281,8 @@ def _context(session: Session, data: CaseData, manifest: dict[str, Any], *, case
     runs = []
     for r in manifest["runs"]:
         shown = r["items"][:MAX_MANIFEST_ROWS]
-        runs.append({**r, "shown_items": shown, "hidden": len(r["items"]) - len(shown)})
+        runs.append({**r, "shown_items": shown, "hidden": len(r["items"]) - len(shown),
+                     "counts": _chain_counts(r["items"])})
     photos = _photos(session, data, include_photos)
     recipient = ("entitled to the subject's photos (photos included)" if photos else
                  "default: no subject photos" + ("; names withheld" if data.redact_names else ""))
