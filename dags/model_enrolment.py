@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 
 from audit_lib.pipelines import DAG_DEFAULTS, MODEL_TASK
 
@@ -22,23 +22,37 @@ _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits i
         "model_id": Param(type="integer", minimum=1, description="the owned model to enrol"),
         "zoo_profile": Param("ci", enum=["ci", "full", "smoke"],
                              description="reference zoo: independent encoders and images"),
-        "suspect_zoo": Param("ci", enum=["ci", "full"], description="fingerprint suspect zoo size"),
+        "suspect_zoo": Param("ci", enum=["ci", "small", "full"], description="fingerprint suspect zoo size"),
         "n_fingerprints": Param(16, type="integer", minimum=1, maximum=100,
                                 description="MetaV: fingerprint inputs = queries per verification"),
         "fingerprint_steps": Param(60, type="integer", minimum=1, description="MetaV: training steps"),
         "watermark_controls": Param(39, type="integer", minimum=1,
                                     description="AWEncoder: control perturbations in the null"),
+        "watermark_alpha": Param(0.01, type="number", exclusiveMinimum=0, maximum=0.5,
+                                 description="AWEncoder: significance level committed with the test"),
+        "fingerprint_alpha": Param(0.01, type="number", exclusiveMinimum=0, maximum=0.5,
+                                   description="MetaV: significance level committed with the test"),
+        "watermark_steps": Param(60, type="integer", minimum=1, description="AWEncoder: fine-tuning steps"),
+        "null_min": Param(3, type="integer", minimum=1, description=(
+            "registered data only: independent encoders in the null; registered reference models "
+            "first, the rest trained by the enrolment on the owner's public images")),
+        "null_epochs": Param(3, type="integer", minimum=1,
+                             description="SimCLR epochs of the independents the enrolment trains"),
         "skip_steps": Param([], type="array", description='steps not to run this time, e.g. ["theft_risk"]'),
     },
 )
 def model_enrolment():
     """Model enrolment: prepare an owned model for ownership audits.
 
-    Triggered with params `{"model_id": ID}` (an owned, registered checkpoint). Steps, each a
+    Triggered with params `{"model_id": ID}` (an owned, registered checkpoint of an
+    architecture we can fine-tune). A model with registered image sets (`encoder-audit models
+    data add`) is enrolled with them, and its independence null is the registered reference
+    models topped up to `null_min` with independents trained on its public images; any other
+    owned model with the reference zoo's data and independent encoders. Steps, each a
     library function that commits its artefact (hashed and timestamped) to the evidence store
     before any suspect is queried:
 
-    1. **validate_model**: the model exists, is owned, and is a checkpoint.
+    1. **validate_model**: the model exists, is an owned checkpoint, and can be fine-tuned.
     2. **watermark** (GPU): AWEncoder (Zhang et al., arXiv 2208.03948): key, perturbation,
        fine-tuned watermarked weights, registered as the owned model `NAME-watermarked`
        (the copy to deploy), which carries the `watermark` artefact.
@@ -57,7 +71,8 @@ def model_enrolment():
     """
 
     @task(execution_timeout=timedelta(minutes=5), doc_md=(
-        "Checks `params.model_id`: registered, role owned, a checkpoint. **Failure** says which."))
+        "Checks `params.model_id`: registered, role owned, a checkpoint we can fine-tune. "
+        "**Failure** says which."))
     def validate_model() -> int:
         from audit_lib.pipelines.context import current_run, params_fail_fast
         from audit_lib.pipelines.enrolment import validate_owned
@@ -82,6 +97,24 @@ def model_enrolment():
 
         return run
 
+    @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
+        "Closes the enrolment's audit runs (e.g. the theft-risk run `RUN/theft`) as `succeeded`."))
+    def close_run() -> dict:
+        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.summary import close_runs
+
+        run_key, _ = current_run()
+        return close_runs(run_key)
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
+        "Runs only when a step failed: marks the enrolment's open audit runs `failed`."))
+    def mark_run_failed() -> dict:
+        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.summary import fail_run
+
+        run_key, _ = current_run()
+        return fail_run(run_key)
+
     model_id = validate_model()
     watermark = step_task("watermark", 4)(model_id)
     zoo = step_task("zoo", 8)(model_id)
@@ -91,6 +124,9 @@ def model_enrolment():
     zoo >> fingerprint
     [watermark, fingerprint] >> calibration
     watermark >> theft
+    steps = [model_id, watermark, zoo, fingerprint, calibration, theft]
+    steps >> close_run()
+    steps >> mark_run_failed()
 
 
 model_enrolment()

@@ -28,6 +28,11 @@ REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
         "model_ids": Param(None, type=["null", "array"], description="only these owned/suspect models"),
         "alpha": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=0.5,
                        description="override the alpha committed at enrolment (reported in the finding)"),
+        "theft_budgets": Param("128,256", type="string",
+                               description="owned APIs: StolenEncoder query budgets (counts, or % with a known training-set size)"),
+        "theft_epochs": Param(12, type="integer", minimum=1, description="owned APIs: epochs of each stolen copy"),
+        "theft_image_size": Param(None, type=["null", "integer"], minimum=8, description=(
+            "owned APIs: input size in pixels when the adapter does not state it")),
     },
 )
 def ownership_audit():
@@ -44,7 +49,14 @@ def ownership_audit():
        MetaV meta-verifier on the committed fingerprint inputs; empirical p-values against
        the committed nulls. Findings stored idempotently under `suspect:SUSPECT` with the owned
        model in their parameters; each check runs only for owned models enrolled for it.
-    4. **summarise_run** and **request_reports** as in `privacy_audit`.
+    4. **theft_risk** (per owned API, GPU queue): StolenEncoder through the owner's own
+       deployed API at the given budgets, with the model's registered image sets and
+       reference models (`audit_lib.ownership.theft.run_theft_risk`), in the sub-run
+       `RUN/theft/MODEL`.
+    5. **summarise_run** and **request_reports** as in `privacy_audit`.
+
+    A suspect may be a local checkpoint or an API (queries go through its adapter, counted
+    against its budget and recorded as evidence).
     """
 
     @task(execution_timeout=timedelta(minutes=5), doc_md=(
@@ -112,6 +124,23 @@ def ownership_audit():
         run_key, params = current_run()
         return check_pair("fingerprint", pair, run_key, params)
 
+    @task(execution_timeout=timedelta(minutes=2), doc_md="Owned models served as APIs (fan-out input of theft_risk).")
+    def owned_apis(snapshot: dict) -> list[int]:
+        from audit_lib.pipelines.ownership import owned_api_ids
+
+        return owned_api_ids(snapshot)
+
+    @task(**MODEL_TASK, **REMOTE_RETRIES, execution_timeout=timedelta(hours=4), doc_md=(
+        "StolenEncoder theft risk of one owned API through the API itself (its registered public "
+        "and downstream images). Stores the `theft` finding in the sub-run `RUN/theft/MODEL`. "
+        "**Failure**: no registered image sets (register them), budget exhausted, API error (retried)."))
+    def theft_risk(model_id: int) -> dict:
+        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.ownership import theft_risk_for
+
+        run_key, params = current_run()
+        return theft_risk_for(model_id, run_key, params)
+
     @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(minutes=5),
           doc_md="Counts the run's findings, marks the run finished, logs the chain head.")
     def summarise_run() -> dict:
@@ -120,6 +149,16 @@ def ownership_audit():
 
         run_key, _ = current_run()
         return summarise(run_key)
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
+        "Runs only when a task of the run failed: marks the audit run and its sub-runs `failed` "
+        "with their finish time (the findings stored so far stay). Skipped otherwise."))
+    def mark_run_failed() -> dict:
+        from audit_lib.pipelines.context import current_run
+        from audit_lib.pipelines.summary import fail_run
+
+        run_key, _ = current_run()
+        return fail_run(run_key)
 
     @task(outlets=[REPORT_REQUESTS], execution_timeout=timedelta(minutes=5), doc_md=(
         "Updates the `evidence_report_requests` asset when the run has new positive "
@@ -137,9 +176,11 @@ def ownership_audit():
     snapshot = registry_snapshot()
     versions = check_model_version.expand(model_id=suspect_ids(snapshot))
     checks = [watermark_check.expand(pair=plan_watermark(snapshot, versions)),
-              fingerprint_check.expand(pair=plan_fingerprint(snapshot, versions))]
+              fingerprint_check.expand(pair=plan_fingerprint(snapshot, versions)),
+              theft_risk.expand(model_id=owned_apis(snapshot))]
     summary = summarise_run()
     checks >> summary
+    [snapshot, versions, *checks] >> mark_run_failed()
     request_reports(summary)
 
 

@@ -36,7 +36,7 @@ def tiny_network(seed: int, dim: int = 8, size: int = 16):  # noqa: ANN201 - Net
 @pytest.fixture(scope="session")
 def fingerprint_reference(ci_zoo):  # noqa: ANN201
     """(owned architecture, owned weights path, independent encoders) from the ci zoo."""
-    from audit_lib.methods.suspect_zoo import IndependentModel
+    from audit_lib.zoo.suspects import IndependentModel
 
     manifest = ci_zoo
     target = manifest.entry("simclr-target")
@@ -48,9 +48,9 @@ def fingerprint_reference(ci_zoo):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def ci_suspect_zoo(fingerprint_reference):  # noqa: ANN201
     """The ci suspect zoo of the zoo's SimCLR target (built once, then cached)."""
-    from audit_lib.commands.fingerprint import enrolment_images
+    from audit_lib.ownership.fingerprint import enrolment_images
     from audit_lib.encoders.architectures import build
-    from audit_lib.methods.suspect_zoo import build_suspect_zoo, get_profile
+    from audit_lib.zoo.suspects import build_suspect_zoo, get_profile
 
     arch, weights, independents = fingerprint_reference
     zoo_images, init_images = enrolment_images(build(arch).preprocess.image_size)
@@ -62,7 +62,8 @@ def ci_suspect_zoo(fingerprint_reference):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def ci_fingerprint(ci_suspect_zoo):  # noqa: ANN201
     """A trained and calibrated fingerprint enrolment on the ci suspect zoo (cached)."""
-    from audit_lib.methods.fingerprint import FingerprintConfig, train_or_load
+    from audit_lib.methods.fingerprint import FingerprintConfig
+    from audit_lib.ownership.fingerprint import train_or_load
 
     zoo, init_images = ci_suspect_zoo
     cfg = FingerprintConfig(n_fingerprints=CI_FINGERPRINTS, steps=CI_STEPS)

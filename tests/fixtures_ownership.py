@@ -68,7 +68,7 @@ def independent_handles(ownership_data):
 @pytest.fixture(scope="session")
 def watermark_enrolment(ownership_data, target_handle, independent_handles):
     """The ci watermark enrolment of the zoo's SimCLR target (cached)."""
-    from audit_lib.ownership.workflows import enrol_cached
+    from audit_lib.ownership.watermark import enrol_cached
 
     return enrol_cached(target_handle, ownership_data.target.architecture, ownership_data, independent_handles,
                         recipe=ci_watermark_recipe(), alpha=CI_ALPHA, cache_dir=OWNERSHIP_CACHE, progress=False)

@@ -384,7 +384,8 @@ def make_ownership_findings(manifest, db_url: str, out_dir: Path) -> OwnershipCa
     verified against it, and the watermarked encoder's theft risk."""
     from audit_lib.encoders.loading import file_sha256
     from audit_lib.methods.theft import StealRecipe
-    from audit_lib.ownership import workflows
+    from audit_lib.ownership import watermark as workflows
+    from audit_lib.ownership.theft import run_theft_risk
     from audit_lib.pipelines.zoo_registry import register_copy, register_ownership
     from tests.fixtures_ownership import OWNERSHIP_CACHE
     from tests.fixtures_zoo import ZOO_CACHE
@@ -397,10 +398,10 @@ def make_ownership_findings(manifest, db_url: str, out_dir: Path) -> OwnershipCa
     leaked = register_copy("leaked-encoder", enrolled.marked_model_id, db_url=db_url)
     workflows.verify_watermark_suspect(enrolled.marked_model_id, leaked, run_key=runs[0], zoo_cache=ZOO_CACHE,
                                        database_url=db_url)
-    workflows.run_theft_risk(enrolled.marked_model_id, budgets="25%", reference_budget="25%",
-                             recipe=StealRecipe(epochs=ZOO_THEFT_EPOCHS, lr=0.05),
-                             downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, zoo_cache=ZOO_CACHE, out_dir=out_dir,
-                             run_key=runs[1], progress=False, database_url=db_url)
+    run_theft_risk(enrolled.marked_model_id, budgets="25%", reference_budget="25%",
+                   recipe=StealRecipe(epochs=ZOO_THEFT_EPOCHS, lr=0.05),
+                   downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, zoo_cache=ZOO_CACHE, out_dir=out_dir,
+                   run_key=runs[1], progress=False, database_url=db_url)
     return OwnershipCase(enrolled.marked_model_id, leaked, runs, file_sha256(enrolled.weights_path))
 
 

@@ -98,7 +98,7 @@ def test_aruc_pinned_definition_edges():
 
 
 def _tiny_zoo():
-    from audit_lib.methods.suspect_zoo import prune_global, quantise_weights
+    from audit_lib.zoo.suspects import prune_global, quantise_weights
 
     owned = tiny_network(0)
     entries = []
@@ -139,7 +139,7 @@ def test_training_refuses_a_zoo_with_mixed_embedding_sizes():
 def test_pruning_and_quantisation_do_what_they_say():
     import torch
 
-    from audit_lib.methods.suspect_zoo import prune_global, quantise_weights
+    from audit_lib.zoo.suspects import prune_global, quantise_weights
 
     net = prune_global(tiny_network(1), 0.5)
     w = torch.cat([p.flatten() for n, p in net.module.named_parameters() if p.dim() > 1])
@@ -169,7 +169,7 @@ def test_platt_scaling_is_monotone_finite_on_separated_classes_and_needs_both():
 
 
 def test_fidelity_tells_a_copy_from_an_independent_and_the_config_keeps_a_probe_unseen():
-    from audit_lib.methods.suspect_zoo import SuspectZooConfig, embed, fidelity, prune_global
+    from audit_lib.zoo.suspects import SuspectZooConfig, embed, fidelity, prune_global
 
     images = np.random.default_rng(0).integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
     owned = embed(tiny_network(0), images)
@@ -213,7 +213,7 @@ def test_enrolment_artefact_round_trip_and_tamper_check(db_url, tmp_path):
     emb = fp.embed_pngs_local(owned, back.pngs())
     assert fp.verifier_logit(back.verifier(), emb) == pytest.approx(fp.verifier_logit(enrolment.verifier(), emb),
                                                                     abs=1e-5)
-    from audit_lib.commands.fingerprint import write_figures
+    from audit_lib.ownership.fingerprint import write_figures
 
     paths = write_figures(back, tmp_path / "figs")
     assert [p.name for p in paths] == ["fingerprint-scores.png", "fingerprint-aruc.png"]

@@ -92,6 +92,27 @@ def test_stolen_network_gets_a_head_when_dimensions_differ():
     assert tuple(out.shape) == (2, 64)
 
 
+def test_share_budgets_need_a_training_set_size_and_sizes_follow_the_target():
+    assert theft.parse_budgets("20, 10", None) == [10, 20]
+    with pytest.raises(ValueError, match="--train-size"):
+        theft.parse_budgets("10,5%", None)
+    assert theft.stolen_architecture("torchvision:resnet18", 64) == "torchvision:resnet18@64"
+    assert theft.stolen_architecture("torchvision:resnet18@96", 64) == "torchvision:resnet18@96"
+    assert theft.stolen_architecture("small_cnn:small-cnn-32", 64) == "small_cnn:small-cnn-32"
+
+
+@pytest.mark.parametrize("architecture", ["open_clip:tiny-clip-vit", "torchvision:resnet18@32"])
+def test_other_stolen_architectures_train(architecture):
+    """An open_clip model is stolen as its vision tower; a torchvision backbone gets a head."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    answers = rng.normal(size=(8, 24)).astype(np.float32)
+    recipe = theft.StealRecipe(architecture=architecture, epochs=2, lr=0.01, batch_size=8)
+    copy = theft.train_stolen_encoder(images, answers, recipe, progress=False)
+    assert copy.network.encode_text is None and copy.network.embed_dim == 24
+    assert copy.handle().encode_images([theft.png_bytes(im) for im in images[:2]]).shape == (2, 24)
+
+
 def test_cosine_agreement_and_linear_map():
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(200, 16))

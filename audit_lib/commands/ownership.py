@@ -1,7 +1,8 @@
-"""``encoder-audit steal | enrol | verify``: theft-risk curves and watermarks (issue 6).
+"""``encoder-audit steal | enrol | verify``: theft-risk curves and watermarks.
 
-- ``steal --target M --budgets 1%,5%,10% [--defence noise:0.1] ...``: StolenEncoder over the
-  reference server's real HTTP API, with and without each output defence;
+- ``steal --target M --budgets 1%,5%,10% [--defence noise:0.1] ...``: StolenEncoder against a
+  registered checkpoint (over the reference server's real HTTP API, with and without each
+  output defence) or a registered API (through its evidence-recording handle);
 - ``enrol --model M --watermark``: AWEncoder enrolment (marked checkpoint + committed artefact);
 - ``verify --owned M --suspect S --watermark [--black-box]``: the calibrated watermark check.
 
@@ -40,16 +41,29 @@ def _errors():  # noqa: ANN202 - the exception types that mean "bad input"
 
 
 def steal(
-    target: Annotated[str, typer.Option(help="the registered model (name or id) to steal: a local checkpoint")],
-    budgets: Annotated[str, typer.Option(help="query budgets: % of the target's training set, or counts")] = "1%,5%,10%",
+    target: Annotated[str, typer.Option(help="the registered model (name or id) to steal: a local checkpoint or an API")],
+    budgets: Annotated[str, typer.Option(
+        help="query budgets: counts (500,1000) or % of the target's training set (needs --train-size unless a zoo entry)")] = "1%,5%,10%",
     defence: Annotated[Optional[list[str]], typer.Option(
-        help="an output defence the server applies for its own API key: noise:SIGMA | topk:K | round:D (repeatable)")] = None,
+        help="checkpoint only: an output defence the reference server applies for its own API key: "
+             "noise:SIGMA | topk:K | round:D (repeatable); an API's own defences are measured as deployed")] = None,
+    train_size: Annotated[Optional[int], typer.Option(
+        help="the target's training-set size, for budgets given as shares (an API does not say it)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        help="the target's input size in pixels (default: the checkpoint's preprocessing or the API adapter's)")] = None,
+    independent: Annotated[Optional[list[str]], typer.Option(
+        help="a registered reference model for the null (repeatable; default: all reference models, or the zoo's)")] = None,
+    data: Annotated[str, typer.Option(
+        help="auto (registered image sets if any, else the zoo), registered, or zoo")] = "auto",
     epochs: Annotated[int, typer.Option(help="training epochs of each stolen copy (paper: 100)")] = 100,
     lr: Annotated[float, typer.Option(help="SGD learning rate (paper: 1e-3)")] = 1e-3,
-    architecture: Annotated[str, typer.Option(help="the stolen encoder's architecture")] = "small_cnn:small-cnn-32",
+    architecture: Annotated[str, typer.Option(
+        "--stolen-architecture", "--architecture",
+        help="the stolen encoder: small_cnn:NAME, torchvision:NAME[@SIZE] (size defaults to the target's), "
+             "or open_clip:NAME (its vision tower)")] = "small_cnn:small-cnn-32",
     reference_budget: Annotated[str, typer.Option(help="budget at which the finding is decided")] = "5%",
-    profile: Annotated[str, typer.Option(help="the zoo profile supplying data and independent encoders")] = "ci",
-    zoo_entry: Annotated[str, typer.Option(help="the zoo entry whose training-set size and data split apply")] = "simclr-target",
+    profile: Annotated[str, typer.Option(help="zoo path: the zoo profile supplying data and independent encoders")] = "ci",
+    zoo_entry: Annotated[str, typer.Option(help="zoo path: the entry whose training-set size and data split apply")] = "simclr-target",
     zoo_cache: Annotated[Optional[Path], typer.Option(help="zoo cache root (default: <data dir>/zoo)")] = None,
     downstream_per_class: Annotated[Optional[int], typer.Option(
         help="subsample the labelled downstream split to this many images per class (quick runs)")] = None,
@@ -57,26 +71,32 @@ def steal(
     alpha: Annotated[float, typer.Option(help="significance level of the finding")] = 0.05,
     run_key: Annotated[Optional[str], typer.Option(help="audit run key (default: generated)")] = None,
 ) -> None:
-    """Simulate StolenEncoder theft of an owned encoder through its API, with and without defences."""
+    """Simulate StolenEncoder theft of a registered encoder (checkpoint or API) at each query budget."""
+    from audit_lib.encoders.remote import RemoteEncoderError
     from audit_lib.methods.theft import StealRecipe
-    from audit_lib.ownership.workflows import run_theft_risk
+    from audit_lib.ownership.theft import run_theft_risk
 
     try:
         recipe = StealRecipe(architecture=architecture, epochs=epochs, lr=lr)
         res = run_theft_risk(target, budgets=budgets, defences=tuple(defence or ()), recipe=recipe,
-                             reference_budget=reference_budget, profile=profile, zoo_entry=zoo_entry,
-                             zoo_cache=zoo_cache, downstream_per_class=downstream_per_class, out_dir=out,
-                             run_key=run_key, alpha=alpha)
+                             reference_budget=reference_budget, train_size=train_size, image_size=image_size,
+                             independents=tuple(independent or ()), data=data, profile=profile,
+                             zoo_entry=zoo_entry, zoo_cache=zoo_cache, downstream_per_class=downstream_per_class,
+                             out_dir=out, run_key=run_key, alpha=alpha)
     except _errors() as exc:
         _fail(str(exc))
+    except RemoteEncoderError as exc:  # the API failed mid-run (budget, auth, outage): the run is closed as failed
+        _fail(str(exc), code=1)
     typer.echo(f"{'defence':<14}{'budget':>7}{'stolen acc':>12}{'target acc':>12}{'agreement':>11}"
                f"{'cosine':>9}{'utility cost':>14}")
     for p in res.result.details["curve"]:
         typer.echo(f"{p['defence']:<14}{p['budget']:>7}{p['stolen_accuracy']:>12.3f}{p['target_accuracy']:>12.3f}"
                    f"{p['agreement']:>11.3f}{p['cosine']:>9.3f}{p['utility_cost']:>14.3f}")
     r = res.result
+    null = r.details["null_source"]
     typer.echo(f"finding {res.finding_id}: {r.decision} (agreement {r.statistic:.3f}, p = {r.p_value:.3g} against "
-               f"{len(r.details['null_scores'])} independent encoders)")
+               f"{null['n']} independent encoders: {null['source']}; {r.details['p_method']} p-value)")
+    typer.echo("image sets: " + ", ".join(f"{k} {v[:16]}" for k, v in sorted(r.details["image_sets"].items())))
     typer.echo(f"curve: {res.png}  numbers: {res.json}")
 
 
@@ -98,7 +118,7 @@ def enrol(
         _fail("say what to enrol: --watermark and/or --fingerprint")
     if watermark:
         from audit_lib.methods.watermark import WatermarkRecipe
-        from audit_lib.ownership.workflows import enrol_watermark_model
+        from audit_lib.ownership.watermark import enrol_watermark_model
 
         try:
             out = enrol_watermark_model(model, recipe=WatermarkRecipe(embed_steps=steps, n_controls=controls),
@@ -130,13 +150,19 @@ def verify(
     """Check whether a suspect model is a copy of an owned one."""
     if not (watermark or fingerprint):
         _fail("say what to check: --watermark and/or --fingerprint")
-    if watermark:
-        from audit_lib.ownership.workflows import verify_watermark_suspect
+    import uuid
 
+    from audit_lib.evidence import closing_run
+
+    if watermark:
+        from audit_lib.ownership.watermark import verify_watermark_suspect
+
+        key = run_key or f"cli-watermark-{uuid.uuid4().hex[:12]}"
         try:
-            out = verify_watermark_suspect(owned, suspect, black_box=black_box, alpha=alpha, run_key=run_key,
-                                           profile=profile, zoo_cache=zoo_cache,
-                                           downstream_per_class=downstream_per_class)
+            with closing_run(key):  # the run ends succeeded, or failed when this raises
+                out = verify_watermark_suspect(owned, suspect, black_box=black_box, alpha=alpha, run_key=key,
+                                               profile=profile, zoo_cache=zoo_cache,
+                                               downstream_per_class=downstream_per_class)
         except _errors() as exc:
             _fail(str(exc))
         r = out.result

@@ -1,4 +1,4 @@
-"""Task-agnostic fingerprinting of encoders: MetaV with a calibrated decision (DESIGN §2.5).
+"""Task-agnostic fingerprinting of encoders: MetaV with a calibrated decision.
 
 Paper: Xudong Pan, Yifan Yan, Mi Zhang, Min Yang, "MetaV: A Meta-Verifier Approach to
 Task-Agnostic Model Fingerprinting", KDD 2022, arXiv 2201.07391.
@@ -57,12 +57,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -667,32 +665,3 @@ def verify(handle: EncoderHandle, enrolment: FingerprintEnrolment, alpha: float 
                          statistic=logit, null_description=null_desc, p_value=d.p_value,
                          alpha=alpha, decision=d.decision, effect_size=d.effect_size,
                          parameters=params, details=details)
-
-
-# --------------------------------------------------------------------------- cached training
-
-def train_or_load(zoo: Any, init_images: np.ndarray, config: FingerprintConfig, cache_dir: Path,
-                  alpha: float = 0.01) -> FingerprintEnrolment:
-    """Train on a built :class:`~audit_lib.methods.suspect_zoo.SuspectZoo` (or load the
-    result cached under ``cache_dir``, keyed by the zoo's key, the config, the initial
-    images, alpha and the method version; stored as safetensors + JSON, no pickle)."""
-    from audit_lib.ownership import pack_payload, unpack_payload
-
-    key = hashlib.sha256(json.dumps({
-        "zoo": zoo.manifest["key"], "config": config.as_dict(), "alpha": alpha, "v": METHOD_VERSION,
-        "init": hashlib.sha256(np.ascontiguousarray(init_images).tobytes()).hexdigest()},
-        sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{key}.safetensors"
-    if path.is_file():
-        tensors, spec = unpack_payload(path.read_bytes())
-        log.info("fingerprint: cached training %s", key)
-        return FingerprintEnrolment.from_artefact(tensors, spec)
-    trained = train_fingerprint(zoo.owned_network(), zoo.entries(), init_images, config)
-    manifest = {**zoo.manifest, "scores": trained.scores, "history": trained.history}
-    enrolment = enrolment_from_training(trained, manifest, alpha)
-    tensors, spec = enrolment.to_artefact()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(pack_payload(tensors, spec))
-    tmp.replace(path)
-    return enrolment

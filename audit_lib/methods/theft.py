@@ -178,15 +178,32 @@ class StolenCopy:
         return LocalEncoder.from_network(self.network, self.weights_sha256, device=device)
 
 
+def stolen_architecture(architecture: str, target_image_size: int | None) -> str:
+    """The stolen encoder's architecture string with its input size following the
+    target's preprocessing where the family takes a size and none was set: a bare
+    ``torchvision:NAME`` becomes ``torchvision:NAME@SIZE``. ``small_cnn`` and ``open_clip``
+    configs fix their own size (surrogate images are resized to it while training)."""
+    family, _, name = architecture.partition(":")
+    if family == "torchvision" and name and "@" not in name and target_image_size:
+        return f"{architecture}@{int(target_image_size)}"
+    return architecture
+
+
 def build_stolen_network(recipe: StealRecipe, target_dim: int) -> Any:
     """A fresh network of the recipe's architecture with output dimension ``target_dim``
     (a linear head is appended when the architecture's own dimension differs, as the paper
-    adapts its ResNet34 to CLIP's 1024 dimensions)."""
+    adapts its ResNet34 to CLIP's 1024 dimensions). Architectures: ``small_cnn:NAME``,
+    ``torchvision:NAME@SIZE`` (classifier removed), or ``open_clip:NAME``, of which only the
+    vision tower is used (the attacker steals an image encoder)."""
     import torch.nn as nn
 
     from audit_lib.encoders.architectures import Network, build
 
     net = build(recipe.architecture)
+    if net.encode_text is not None:  # open_clip: keep the vision tower only
+        visual = net.module.visual
+        net = Network(module=visual, preprocess=net.preprocess, embed_dim=int(visual.output_dim),
+                      encode_image=visual, info={**net.info, "tower": "visual"})
     if net.embed_dim == target_dim:
         return net
     module = nn.Sequential(net.module, nn.Linear(net.embed_dim, target_dim))
@@ -298,10 +315,14 @@ def compare(target: Reference, other: Reference) -> dict[str, float]:
 
 # --- the curve and the finding --------------------------------------------------------------
 
-def parse_budgets(text: str, train_size: int) -> list[int]:
-    """``"1%,5%,10%"`` (of the target's training-set size) or absolute counts ``"50,100"``."""
+def parse_budgets(text: str, train_size: int | None) -> list[int]:
+    """``"1%,5%,10%"`` (of the target's training-set size) or absolute counts ``"50,100"``;
+    a share needs ``train_size`` (an API does not say it)."""
     budgets = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.endswith("%") and train_size is None:
+            raise ValueError(f"budget {part!r}: a share of the training set needs its size (--train-size N), "
+                             "or give a query count")
         try:
             q = round(float(part[:-1]) / 100 * train_size) if part.endswith("%") else int(part)
         except ValueError:
@@ -424,6 +445,7 @@ def theft_finding(points: Sequence[CurvePoint], target_ref: Reference, independe
                  "curve": [pt.as_dict() for pt in points],
                  "stolen_to_target_accuracy": ratio,
                  "min_attainable_p": 1 / (len(null) + 1),
+                 "null_too_small_for_alpha": 1 / (len(null) + 1) > alpha,
                  "false_alarm_bound": clopper_pearson_upper(0, len(null)),
                  "assumptions": [
                      "the surrogate images are ordinary images an attacker could obtain, disjoint from the "
@@ -432,7 +454,11 @@ def theft_finding(points: Sequence[CurvePoint], target_ref: Reference, independe
                      "the stolen copy is trained with the published StolenEncoder recipe; a stronger attacker "
                      "could do better, so this is a lower bound on the risk",
                      *(["the independent encoders' agreements are roughly normal (too few for a rank p-value to "
-                        "reach alpha, so a Student-t predictive tail was used)"] if test.how == "t_tail" else [])]},
+                        "reach alpha, so a Student-t predictive tail was used)"] if test.how == "t_tail" else []),
+                     *([f"the null has only {len(null)} independent encoder(s): the smallest rank p-value, "
+                        f"1/{len(null) + 1}, is above alpha {alpha} and a Student-t tail needs at least 3, so this "
+                        "finding cannot be positive; register more reference models"]
+                       if test.how == "rank" and 1 / (len(null) + 1) > alpha else [])]},
     )
 
 

@@ -15,8 +15,10 @@ description as summarised in METHOD-NOTES §2:
    (contrastive loss on clean data, pull of marked samples to the key, anchor to the
    original embeddings).
 3. Verify, white-box: paired shifts d_i = cos(E(x_i + delta), E(x_key)) - cos(E(x_i), E(x_key))
-   on held-out probes x_i, statistic = mean d_i. Black-box: share of marked probes that a
-   downstream classifier built on the suspect puts in x_key's class.
+   on held-out probes x_i, statistic = mean d_i. Black-box: the paper queries a downstream
+   classifier built on the suspect with marked probes and reads the discrepancy of its output
+   against the key's class (the "watermark rate": share of marked probes it puts in the class
+   it gives x_key).
 
 Where we depart, and why:
 
@@ -37,6 +39,20 @@ Where we depart, and why:
   (delta's values shuffled over pixels with random signs: the same L-inf and L2 norm and
   the same value histogram), so a suspect that shifts towards the key under any
   perturbation is not called marked. Same rule (rank, or t tail when C is too small).
+- Black-box statistic: the paired shift of the key class's log score,
+  mean_i [log s_k(x_i + delta) - log s_k(x_i)], with k the class the suspect's classifier
+  gives x_key and s_k its class probability (a label-only API gives one-hot scores, floored
+  at 1e-6, and the statistic becomes the net share of probes moved into the key's class,
+  times log 1e6). Measured on the ci zoo, the unpaired watermark rate fails: the
+  independents' rate is mostly their own clean probes already in the key's class (up to 6 of
+  32), while the marked encoder moves only 3 of 32 probes into it (its marked probes reach a
+  cosine of 0.38 to the key, too little to cross a class boundary often). Pairing each
+  probe with its clean self removes each model's base rate; the class score sees the pull
+  before a label flips; and the log puts it on the scale on which a logistic classifier
+  responds linearly to an embedding shift (the probability itself is compressed where
+  s_k is small, as it is for most probes). The hit rates stay in the finding as
+  ``watermark_rate`` / ``clean_rate`` / ``flips_into_key_class``. The nulls are the same two
+  as the white-box check (independent encoders' classifiers, the suspect's own controls).
 - Everything the test needs (key, delta, controls, probes, alpha, the independent scores)
   is committed (hashed and timestamped, :mod:`audit_lib.ownership.artefacts`) before any
   suspect is queried.
@@ -47,7 +63,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,8 +75,9 @@ from audit_lib.methods.theft import png_bytes
 log = logging.getLogger(__name__)
 
 METHOD = "watermark"
-METHOD_VERSION = "1.0"
+METHOD_VERSION = "1.1"  # 1.1: black-box statistic = paired shift of the key class's log score
 ARTEFACT_KIND = "watermark"
+SCORE_FLOOR = 1e-6  # class scores are floored here before the log (one-hot answers: a flip = log 1e6)
 
 
 @dataclass(frozen=True)
@@ -213,6 +230,7 @@ class Statistics:
     controls: list[float]
     per_probe: list[float]
     n_queries: int
+    summary: dict[str, float] = field(default_factory=dict)  # mode-specific descriptive figures
 
 
 def white_box_statistics(handle: Any, key: np.ndarray, probes: np.ndarray, delta: np.ndarray,
@@ -236,21 +254,61 @@ def white_box_statistics(handle: Any, key: np.ndarray, probes: np.ndarray, delta
                       [float(v) for v in shifts[0]], len(batch))
 
 
+def class_scores(classifier: Any, features: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, classes) of a downstream classifier
+    (:class:`audit_lib.methods.downstream.DownstreamClassifier`) on (n, d) features: what a
+    downstream API that returns scores answers."""
+    import torch
+
+    x = l2_normalise(np.asarray(features, dtype=np.float32))
+    if classifier.recipe.kind == "linear":
+        return np.asarray(classifier.module.predict_proba(x), dtype=np.float64)
+    classifier.module.eval()
+    with torch.inference_mode():
+        return torch.softmax(classifier.module(torch.from_numpy(x)), dim=1).double().numpy()
+
+
+def _as_scores(answers: np.ndarray, n: int) -> np.ndarray:
+    out = np.asarray(answers)
+    if out.ndim == 1 and out.shape == (n,):  # a label-only API: one-hot scores
+        labels = out.astype(np.int64)
+        if labels.min() < 0:
+            raise ValueError("the suspect's classifier answered a negative class label")
+        out = np.eye(int(labels.max()) + 1)[labels]
+    if out.ndim != 2 or out.shape[0] != n or not np.all(np.isfinite(out)):
+        raise ValueError(f"the suspect's classifier answered {out.shape} for {n} images (expected labels (n,) "
+                         "or finite class scores (n, classes))")
+    return out.astype(np.float64)
+
+
 def black_box_statistics(classify: Callable[[list[bytes]], np.ndarray], key: np.ndarray, probes: np.ndarray,
                          delta: np.ndarray, controls: np.ndarray) -> Statistics:
-    """Share of marked probes that the suspect's downstream classifier puts in the key's
-    class, for delta and each control (``classify`` maps PNG images to class labels)."""
+    """Mean paired shift of the key class's log score, for delta and each control, through the
+    suspect's downstream classifier (``classify`` maps PNG images to class scores (n, classes),
+    or to labels (n,) for a label-only API, taken as one-hot scores). The key's class k is
+    the one the classifier gives the key; per probe the shift is
+    log s_k(x_i + d) - log s_k(x_i), scores floored at ``SCORE_FLOOR`` (1 + n + (C + 1) n
+    queries). The paper's watermark rate (share of marked probes labelled k) and the clean
+    probes' rate are kept as summary."""
     n = len(probes)
-    batch = [png_bytes(key)]
+    batch = [png_bytes(key), *(png_bytes(p) for p in probes)]
     for d in [delta, *controls]:
         batch += [png_bytes(im) for im in apply_delta(probes, d)]
-    labels = np.asarray(classify(batch))
-    if labels.shape != (len(batch),):
-        raise ValueError(f"the suspect's classifier answered {labels.shape} for {len(batch)} images")
-    key_label = labels[0]
-    hits = [(labels[1 + j * n:1 + (j + 1) * n] == key_label) for j in range(1 + len(controls))]
-    return Statistics(float(np.mean(hits[0])), [float(np.mean(h)) for h in hits[1:]],
-                      [float(v) for v in hits[0]], len(batch))
+    scores = _as_scores(classify(batch), len(batch))
+    k = int(np.argmax(scores[0]))
+    labels = scores.argmax(axis=1)
+    log_k = np.log(np.clip(scores[:, k], SCORE_FLOOR, None))
+    clean = log_k[1:1 + n]
+    shifts, rates = [], []
+    for j in range(1 + len(controls)):
+        block = slice(1 + n + j * n, 1 + n + (j + 1) * n)
+        shifts.append(log_k[block] - clean)
+        rates.append(float(np.mean(labels[block] == k)))
+    summary = {"key_class": k, "watermark_rate": rates[0], "clean_rate": float(np.mean(labels[1:1 + n] == k)),
+               "flips_into_key_class": int(np.sum((labels[1:1 + n] != k) & (labels[1 + n:1 + 2 * n] == k))),
+               "control_watermark_rate_max": max(rates[1:], default=0.0)}
+    return Statistics(float(np.mean(shifts[0])), [float(np.mean(s)) for s in shifts[1:]],
+                      [float(v) for v in shifts[0]], len(batch), summary)
 
 
 def decide(stats: Statistics, independent_scores: Sequence[float], *, mode: str, alpha: float,
@@ -266,7 +324,7 @@ def decide(stats: Statistics, independent_scores: Sequence[float], *, mode: str,
     vs_controls = rank_or_tail_test(stats.observed, stats.controls, alpha)
     p = max(vs_independent.p_value, vs_controls.p_value)
     what = "mean paired similarity shift towards the key" if mode == "white_box" else \
-        "share of marked probes classified as the key's class"
+        "mean paired shift of the key class's log score through the downstream classifier"
     tails = [name for name, t in (("independent encoders", vs_independent), ("controls", vs_controls))
              if t.how == "t_tail"]
     assumptions = [
@@ -292,7 +350,7 @@ def decide(stats: Statistics, independent_scores: Sequence[float], *, mode: str,
         effect_size=vs_independent.effect_size,
         parameters=dict(parameters or {}, mode=mode),
         details={"observed": stats.observed, "null_scores": [*stats.controls, *independent_scores],
-                 "n_queries": stats.n_queries, "mode": mode, "shifts": stats.per_probe,
+                 "n_queries": stats.n_queries, "mode": mode, "shifts": stats.per_probe, **stats.summary,
                  "control_scores": stats.controls,
                  "independent_scores": [float(v) for v in independent_scores],
                  "p_independent": vs_independent.p_value, "p_independent_how": vs_independent.how,
@@ -344,7 +402,8 @@ def plot_shift(result: FindingResult, path: Any, *, title: str | None = None) ->
         ax.hist(d["independent_scores"], bins=10, alpha=0.6,
                 label=f"independent encoders ({len(d['independent_scores'])})")
     ax.axvline(d["observed"], color="red", linewidth=2, label=f"observed (p = {result.p_value:.3g})")
-    ax.set_xlabel("mean shift towards the key" if d["mode"] == "white_box" else "hit rate on the key's class")
+    ax.set_xlabel("mean shift towards the key" if d["mode"] == "white_box"
+                  else "mean shift of the key class's log score")
     ax.set_ylabel("count")
     ax.set_title(title or f"AWEncoder {d['mode'].replace('_', '-')} verification")
     ax.legend(fontsize=8)
@@ -425,7 +484,7 @@ def calibrate_watermark(trained: TrainedWatermark, *, recipe: WatermarkRecipe = 
     spec = {"method": METHOD, "method_version": METHOD_VERSION, "recipe": recipe.as_dict(), "alpha": alpha,
             "eps": f"{recipe.eps_levels}/255", "key_sha256": key_sha256(key), "key_label": trained.key_label,
             "statistic": {"white_box": "mean_i cos(E(x_i+delta), E(key)) - cos(E(x_i), E(key))",
-                          "black_box": "share of x_i+delta classified as the key's class"},
+                          "black_box": "mean_i log s_k(x_i+delta) - log s_k(x_i), k = the key's class"},
             "null": "controls of equal norm on the suspect + real delta on independent encoders; "
                     "p = (1 + #{null >= observed}) / (N + 1)",
             "independent_white_box": white, "independent_black_box": black,

@@ -1,4 +1,6 @@
-"""The images an ownership audit works with, taken from the reference zoo's manifest.
+"""The images an ownership audit works with: taken from the reference zoo's manifest here
+(:func:`ownership_data`, the reference measurement), or from the image sets an owner
+registered for their own model (:func:`audit_lib.ownership.owner_data.owner_ownership_data`).
 
 - ``surrogate``: the attacker's images for theft simulation: the image set's ``public``
   split (never in the target's training or hold-out data), in a fixed shuffled order so
@@ -13,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,18 @@ from audit_lib.methods.theft import LabelledSplit
 
 @dataclass
 class OwnershipData:
-    """Images and labels for theft and watermark work on one target of the zoo."""
+    """Images and labels for theft and watermark work on one target: a zoo entry, or a
+    registered model with the image sets its owner registered."""
 
-    target: Any  # audit_lib.zoo.manifest.ZooEntry
-    independents: list[Any]  # ZooEntry list: the null population
-    train_size: int  # the target's training-set size (budgets are shares of it)
+    target: Any  # a ZooEntry, or the registered AuditedModel (detached)
+    independents: list[Any]  # the null population: ZooEntry list, or registered reference models
+    train_size: int | None  # the target's training-set size (budgets are shares of it); None: not stated
     surrogate: np.ndarray
     downstream: LabelledSplit
     owner_clean: np.ndarray
     pool: np.ndarray
-    pool_labels: np.ndarray
+    pool_labels: np.ndarray | None
+    image_sets: dict[str, str] = field(default_factory=dict)  # role -> manifest sha256 (zoo: "zoo:<sha>")
 
 
 def load_manifest(profile: str = "ci", zoo_cache: Path | None = None) -> Any:
@@ -80,7 +84,9 @@ def ownership_data(manifest: Any, target: str = "simclr-target", *, seed: int = 
         tr = tr[_per_class(y_d[tr], downstream_per_class, seed)]
         te = te[_per_class(y_d[te], downstream_per_class, seed + 1)]
     downstream = LabelledSplit(x_d[tr], y_d[tr], x_d[te], y_d[te])
+    zoo_set = f"zoo:{manifest.profile}:{images.sha256}"
     return OwnershipData(target=entry, independents=manifest.by_role("independent"), train_size=len(members),
                          surrogate=images.x_train[public], downstream=downstream,
                          owner_clean=images.x_train[members], pool=images.x_train[nonmembers],
-                         pool_labels=images.y_train[nonmembers])
+                         pool_labels=images.y_train[nonmembers],
+                         image_sets={role: zoo_set for role in ("owner", "public", "downstream")})

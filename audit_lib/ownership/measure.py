@@ -51,11 +51,11 @@ def measure_watermark(profile: str = "ci", *, zoo_cache: Path | None = None, cac
     from audit_lib.config import get_settings
     from audit_lib.encoders.local import LocalEncoder
     from audit_lib.methods import watermark as wm
-    from audit_lib.methods.suspect_zoo import finetune_simclr, prune_global
+    from audit_lib.zoo.suspects import finetune_simclr, prune_global
     from audit_lib.methods.theft import StealRecipe, parse_budgets
     from audit_lib.ownership.artefacts import Artefact
     from audit_lib.ownership.data import load_manifest, ownership_data
-    from audit_lib.ownership.workflows import enrol_cached
+    from audit_lib.ownership.watermark import enrol_cached
     from audit_lib.stats import clopper_pearson_upper
 
     t0 = time.perf_counter()

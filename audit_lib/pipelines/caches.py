@@ -22,12 +22,12 @@ def zoo_cache_root() -> Path:
 
 
 def ownership_cache() -> Path:
-    """The watermark enrolment cache (``audit_lib.ownership.workflows.enrol_cached``)."""
+    """The watermark enrolment cache (``audit_lib.ownership.watermark.enrol_cached``)."""
     return Path(os.environ.get("AUDIT_OWNERSHIP_CACHE", PROJECT_ROOT / "var" / "ownership-cache"))
 
 
 def fingerprint_cache() -> Path:
-    """The suspect-zoo and fingerprint-training cache (``audit_lib.commands.fingerprint``)."""
+    """The suspect-zoo and fingerprint-training cache (``audit_lib.ownership.fingerprint``)."""
     return Path(os.environ.get("AUDIT_FINGERPRINT_CACHE", PROJECT_ROOT / "var" / "fingerprint"))
 
 

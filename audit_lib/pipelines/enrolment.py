@@ -1,25 +1,28 @@
-"""Task bodies of owned-model enrolment (DESIGN §2.3-2.5, §6): validate the model, then
-hand each step to the ownership areas' library functions, which commit their artefacts.
+"""Task bodies of owned-model enrolment: validate the model, then hand each step to the
+ownership workflows, which commit their artefacts.
 
-Steps and the functions they call (adapters only; the methods live elsewhere):
+Steps and the workflow functions they call (adapters only):
 
-- ``watermark``: ``audit_lib.ownership.workflows.enrol_watermark_model`` (AWEncoder): trains
-  the marked copy, registers it as the owned model ``NAME-watermarked`` and commits the
-  ``watermark`` artefact to it (the copy the owner deploys).
-- ``zoo``: ``audit_lib.methods.suspect_zoo.build_suspect_zoo``: derivatives of the owned
+- ``watermark``: :func:`audit_lib.ownership.watermark.enrol_watermark_model` (AWEncoder):
+  trains the marked copy, registers it as the owned model ``NAME-watermarked`` and commits
+  the ``watermark`` artefact to it (the copy the owner deploys).
+- ``zoo``: :func:`audit_lib.ownership.fingerprint.build_zoo_for`: derivatives of the owned
   model (fine-tune, prune, quantise, distil, steal) and variants of independent encoders,
   split train / validation / test. Cached by config hash; nothing is committed.
-- ``fingerprint``: ``audit_lib.commands.fingerprint.enrol_owned_model`` (MetaV): fingerprints
-  and meta-verifier trained on that zoo, calibrated on its held-out negatives, committed as
-  the ``fingerprint`` artefact of the owned model.
+- ``fingerprint``: :func:`audit_lib.ownership.fingerprint.enrol_owned_model` (MetaV):
+  fingerprints and meta-verifier trained on that zoo, calibrated on its held-out negatives,
+  committed as the ``fingerprint`` artefact of the owned model.
 - ``calibration``: re-loads the committed artefacts (hash and commitment checks) and fails
   when a calibration cannot support a decision (no held-out negatives or null scores).
-- ``theft_risk``: ``audit_lib.ownership.workflows.run_theft_risk`` (StolenEncoder through the
+- ``theft_risk``: :func:`audit_lib.ownership.theft.run_theft_risk` (StolenEncoder through the
   reference server over HTTP): the ``theft`` finding and its curve.
 
-The independent encoders and data come from the reference zoo (``caches.zoo_cache_root``);
-training results are cached where the ownership tests cache them (``caches``), so an
-enrolment the tests already trained costs only the hash checks.
+Data and independent encoders: an owned model with registered image sets is enrolled with
+them and the independence null of :mod:`audit_lib.ownership.null` (registered reference
+models, topped up with independents trained on its public images); any other owned model
+with the reference zoo's (``caches.zoo_cache_root``). Training results are cached where the
+ownership tests cache them (``caches``), so an enrolment the tests already trained costs
+only the hash checks.
 """
 
 from __future__ import annotations
@@ -39,14 +42,17 @@ DEFAULT_PARAMS: dict[str, Any] = {
     # The ci settings of the ownership tests (same caches): see tests/fixtures_ownership.py
     # and tests/fixtures_fingerprint.py. A GPU deployment raises them (e.g. suspect_zoo "full").
     "zoo_profile": "ci", "zoo_entry": "simclr-target", "watermark_controls": 39, "watermark_alpha": 0.01,
-    "downstream_per_class": 30, "suspect_zoo": "ci", "n_fingerprints": 16, "fingerprint_steps": 60,
-    "fingerprint_alpha": 0.01, "theft_budgets": "1%,5%,10%", "theft_epochs": 12, "theft_lr": 0.05,
+    "watermark_steps": 60, "downstream_per_class": 30, "suspect_zoo": "ci", "n_fingerprints": 16,
+    "fingerprint_steps": 60, "fingerprint_alpha": 0.01, "theft_budgets": "1%,5%,10%", "theft_epochs": 12,
+    "theft_lr": 0.05, "null_min": 3, "null_epochs": 3,
 }
 
 
 def validate_owned(model_id: Any, *, db_url: str | None = None) -> int:
-    """The model id, checked: registered, role ``owned``, a local checkpoint (enrolment
-    fine-tunes weights, which an API does not give us)."""
+    """The model id, checked: registered, an owned local checkpoint of an architecture the
+    enrolments can fine-tune (:func:`audit_lib.registry.require_owned_checkpoint`)."""
+    from audit_lib import registry
+
     try:
         mid = int(model_id)
     except (TypeError, ValueError):
@@ -55,18 +61,14 @@ def validate_owned(model_id: Any, *, db_url: str | None = None) -> int:
         model = session.get(AuditedModel, mid)
         if model is None:
             raise ValueError(f"params.model_id: model {mid} is not registered")
-        if model.role != "owned":
-            raise ValueError(f"model {mid} ({model.name}) is a {model.role} model: only owned "
-                             "models are enrolled")
-        if model.kind != "checkpoint":
-            raise ValueError(f"model {mid} ({model.name}) is an API: enrolment needs its weights")
+        registry.require_owned_checkpoint(model)
         log.info("enrolling owned model %d (%s, %s)", mid, model.name, model.architecture)
     return mid
 
 
-def _independents(p: dict[str, Any]) -> list[Any]:
-    from audit_lib.methods.suspect_zoo import IndependentModel
+def _zoo_independents(p: dict[str, Any]) -> list[Any]:
     from audit_lib.pipelines.caches import load_zoo
+    from audit_lib.zoo.suspects import IndependentModel
 
     manifest = load_zoo(str(p["zoo_profile"]), build=False)
     out = [IndependentModel(e.name, e.architecture, Path(e.weights_path)) for e in manifest.by_role("independent")]
@@ -75,56 +77,67 @@ def _independents(p: dict[str, Any]) -> list[Any]:
     return out
 
 
-def _owned(model_id: int, db_url: str | None) -> tuple[str, Path, str]:
+def _registered(model_id: int, db_url: str | None) -> bool:
+    from audit_lib.ownership.watermark import has_registered_data
+
     with session_scope(db_url) as session:
-        m = session.get(AuditedModel, int(model_id))
-        return m.architecture, Path(m.weights_path), m.name
+        return has_registered_data(session, int(model_id))
+
+
+def _null_config(p: dict[str, Any]) -> Any:
+    from audit_lib.ownership.null import TrainedNullConfig
+
+    return TrainedNullConfig(epochs=int(p["null_epochs"]))
 
 
 def step_watermark(model_id: int, run_key: str, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
     from audit_lib.methods.watermark import WatermarkRecipe
-    from audit_lib.ownership.workflows import enrol_watermark_model
+    from audit_lib.ownership.watermark import enrol_watermark_model
     from audit_lib.pipelines.caches import ownership_cache, zoo_cache_root
 
-    out = enrol_watermark_model(model_id, recipe=WatermarkRecipe(n_controls=int(p["watermark_controls"])),
-                                alpha=float(p["watermark_alpha"]), profile=str(p["zoo_profile"]),
-                                zoo_entry=str(p["zoo_entry"]), zoo_cache=zoo_cache_root(),
-                                cache_dir=ownership_cache(), downstream_per_class=int(p["downstream_per_class"]),
-                                progress=False, database_url=db_url)
+    recipe = WatermarkRecipe(n_controls=int(p["watermark_controls"]), embed_steps=int(p["watermark_steps"]))
+    out = enrol_watermark_model(model_id, recipe=recipe, alpha=float(p["watermark_alpha"]),
+                                profile=str(p["zoo_profile"]), zoo_entry=str(p["zoo_entry"]),
+                                zoo_cache=zoo_cache_root(), cache_dir=ownership_cache(),
+                                downstream_per_class=int(p["downstream_per_class"]), min_null=int(p["null_min"]),
+                                null_config=_null_config(p), progress=False, database_url=db_url)
     return {"marked_model_id": out.marked_model_id, "marked_model_name": out.marked_model_name,
             "artefact_id": out.artefact_id, "commitment_sha256": out.commitment_sha256,
             "unmarked_accuracy": out.unmarked_accuracy, "marked_accuracy": out.marked_accuracy,
-            "cached": out.cached}
+            "cached": out.cached, "null": (out.null or {}).get("description")}
+
+
+def _fingerprint_kwargs(model_id: int, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
+    from audit_lib.pipelines.caches import fingerprint_cache
+    from audit_lib.zoo.suspects import get_profile
+
+    independents = None if _registered(model_id, db_url) else _zoo_independents(p)
+    return {"independents": independents, "zoo_config": get_profile(str(p["suspect_zoo"])),
+            "cache_dir": fingerprint_cache(), "min_null": int(p["null_min"]), "null_config": _null_config(p)}
 
 
 def step_zoo(model_id: int, run_key: str, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
-    from audit_lib.commands.fingerprint import enrolment_images
-    from audit_lib.encoders.architectures import build
-    from audit_lib.methods.suspect_zoo import build_suspect_zoo, get_profile
-    from audit_lib.pipelines.caches import fingerprint_cache
+    from audit_lib.ownership.fingerprint import build_zoo_for
 
-    arch, weights, _ = _owned(model_id, db_url)
-    zoo_images, _init = enrolment_images(build(arch).preprocess.image_size)
-    zoo = build_suspect_zoo(arch, weights, _independents(p), zoo_images, fingerprint_cache() / "suspect-zoo",
-                            get_profile(str(p["suspect_zoo"])))
+    with session_scope(db_url) as session:
+        zoo = build_zoo_for(session, str(int(model_id)), **_fingerprint_kwargs(model_id, p, db_url))[0]
     return {"suspect_zoo": zoo.root.name, "counts": zoo.counts()}
 
 
 def step_fingerprint(model_id: int, run_key: str, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
-    from audit_lib.commands.fingerprint import enrol_owned_model
     from audit_lib.methods.fingerprint import FingerprintConfig
-    from audit_lib.methods.suspect_zoo import get_profile
-    from audit_lib.pipelines.caches import fingerprint_cache
+    from audit_lib.ownership.fingerprint import enrol_owned_model
 
     cfg = FingerprintConfig(n_fingerprints=int(p["n_fingerprints"]), steps=int(p["fingerprint_steps"]))
+    kwargs = _fingerprint_kwargs(model_id, p, db_url)
     with session_scope(db_url) as session:
-        enrolment, art_id = enrol_owned_model(session, str(int(model_id)), independents=_independents(p),
-                                              zoo_config=get_profile(str(p["suspect_zoo"])), fp_config=cfg,
-                                              alpha=float(p["fingerprint_alpha"]), cache_dir=fingerprint_cache())
+        enrolment, art_id = enrol_owned_model(session, str(int(model_id)), fp_config=cfg,
+                                              alpha=float(p["fingerprint_alpha"]), **kwargs)
     cal = enrolment.calibration
     return {"artefact_id": art_id, "commitment_sha256": enrolment.commitment_sha256,
             "n_fingerprints": enrolment.n_fingerprints, "test_aruc": cal.test_aruc,
-            "held_out_negatives": len(cal.negative_scores), "null_false_alarms": cal.false_alarms}
+            "held_out_negatives": len(cal.negative_scores), "null_false_alarms": cal.false_alarms,
+            "null": (enrolment.zoo_manifest.get("null") or {}).get("description")}
 
 
 def step_calibration(model_id: int, run_key: str, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
@@ -132,10 +145,11 @@ def step_calibration(model_id: int, run_key: str, p: dict[str, Any], db_url: str
     a null to compute p-values against."""
     from sqlalchemy import select
 
-    from audit_lib.commands.fingerprint import load_enrolment
     from audit_lib.ownership.artefacts import latest_artefact
+    from audit_lib.ownership.fingerprint import load_enrolment
 
-    _, _, name = _owned(model_id, db_url)
+    with session_scope(db_url) as session:
+        name = session.get(AuditedModel, int(model_id)).name
     out: dict[str, Any] = {}
     with session_scope(db_url) as session:
         cal = load_enrolment(session, int(model_id)).calibration
@@ -157,7 +171,7 @@ def step_calibration(model_id: int, run_key: str, p: dict[str, Any], db_url: str
 
 def step_theft_risk(model_id: int, run_key: str, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
     from audit_lib.methods.theft import StealRecipe
-    from audit_lib.ownership.workflows import run_theft_risk
+    from audit_lib.ownership.theft import run_theft_risk
     from audit_lib.pipelines.caches import zoo_cache_root
 
     out = run_theft_risk(model_id, budgets=str(p["theft_budgets"]),

@@ -1,12 +1,11 @@
-"""Task bodies of the ownership audit (DESIGN §2.4, §2.5): for each owned (enrolled) x
-suspect model pair, the watermark check (AWEncoder) and the fingerprint check (MetaV)
-against the owner's committed enrolment artefacts.
+"""Task bodies of the ownership audit: for each owned (enrolled) x suspect model pair (the
+suspect a local checkpoint or an API), the watermark check (AWEncoder) and the fingerprint
+check (MetaV) against the owner's committed enrolment artefacts.
 
-The verification itself is the methods' own: ``audit_lib.methods.watermark.verify_watermark``
-on the hash-checked artefact (``audit_lib.ownership.latest_artefact``) and
-``audit_lib.methods.fingerprint.verify`` on the enrolment rebuilt from it
-(``audit_lib.commands.fingerprint.load_enrolment``). This module only picks the pairs,
-opens the suspect's evidence-recording handle and stores the finding.
+The verification is the workflows' own (:func:`audit_lib.ownership.watermark.check_watermark`,
+:func:`audit_lib.ownership.fingerprint.check_fingerprint`: hash-checked artefacts, the
+null's provenance in the finding). This module only picks the pairs, opens the suspect's
+evidence-recording handle and stores the finding.
 
 Findings are stored under target ``suspect:SUSPECT_ID`` with ``parameters["owned_model_id"]``
 naming the owned model (the report code reads both). The store's idempotency key is (run,
@@ -67,27 +66,21 @@ def plan_ownership_pairs(snapshot: dict[str, Any], versions: list[dict[str, Any]
     return pairs
 
 
-def _verify(method: str, handle: Any, owned_id: int, alpha: float | None, db_url: str | None) -> tuple[Any, str]:
-    """Run the method's verification on the owned model's latest committed artefact.
+def _verify(method: str, handle: Any, owned_id: int, suspect_id: int, alpha: float | None,
+            db_url: str | None) -> tuple[Any, str]:
+    """Run the method's workflow check on the owned model's latest committed artefact.
     Returns (FindingResult, commitment sha256)."""
-    from audit_lib.ownership.artefacts import latest_artefact
+    if method == "watermark":
+        from audit_lib.ownership.watermark import check_watermark
+
+        return check_watermark(handle, owned_id, alpha=alpha, database_url=db_url)
+    from audit_lib.ownership.fingerprint import check_fingerprint
+    from audit_lib.store.models import AuditedModel
 
     with session_scope(db_url) as session:
-        if method == "watermark":
-            from audit_lib.methods.watermark import ARTEFACT_KIND
-
-            artefact = latest_artefact(session, int(owned_id), ARTEFACT_KIND)  # hash- and commitment-checked
-        else:
-            from audit_lib.commands.fingerprint import load_enrolment
-
-            enrolment = load_enrolment(session, int(owned_id))
-    if method == "watermark":
-        from audit_lib.methods.watermark import verify_watermark
-
-        return verify_watermark(handle, artefact, alpha=alpha), artefact.commitment_sha256
-    from audit_lib.methods.fingerprint import verify
-
-    return verify(handle, enrolment, alpha=alpha), str(enrolment.commitment_sha256)
+        suspect = session.get(AuditedModel, int(suspect_id))
+        session.expunge(suspect)
+    return check_fingerprint(handle, owned_id, suspect, alpha=alpha, database_url=db_url)
 
 
 def check_pair(method: str, pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
@@ -106,7 +99,7 @@ def check_pair(method: str, pair: dict[str, int], run_key: str, params: dict[str
     if int(handle.model_version_id) != int(pair["model_version_id"]):
         raise RuntimeError(f"suspect {suspect_id} changed during the run (version id {handle.model_version_id}, "
                            f"checked {pair['model_version_id']}); re-run the audit")
-    result, commitment = _verify(method, handle, owned_id, alpha, db_url)
+    result, commitment = _verify(method, handle, owned_id, suspect_id, alpha, db_url)
     result.parameters = {**(result.parameters or {}), "owned_model_id": owned_id}
     target = f"suspect:{suspect_id}"
     with session_scope(db_url) as session:
@@ -125,3 +118,33 @@ def check_pair(method: str, pair: dict[str, int], run_key: str, params: dict[str
              target, commitment[:12], result.decision, result.p_value, result.statistic, query_stats(handle),
              out["finding_id"], "stored" if created else "already stored (re-run)")
     return out
+
+
+THEFT_DEFAULTS: dict[str, Any] = {"theft_budgets": "128,256", "theft_epochs": 12, "theft_lr": 0.05,
+                                  "downstream_per_class": 30, "theft_image_size": None}
+
+
+def owned_api_ids(snapshot: dict[str, Any]) -> list[int]:
+    """The owned models served as APIs (the owner's deployed endpoints): their theft risk is
+    measured through the API itself."""
+    return [m["id"] for m in snapshot["models"] if m["role"] == "owned" and m["kind"] == "api"]
+
+
+def theft_risk_for(model_id: int, run_key: str, params: dict[str, Any] | None = None,
+                   *, db_url: str | None = None) -> dict[str, Any]:
+    """StolenEncoder theft risk of one owned API (:func:`audit_lib.ownership.theft.run_theft_risk`,
+    with the model's registered image sets and reference models), in the sub-run
+    ``RUN_KEY/theft/MODEL_ID``; returns ids and numbers for XCom."""
+    from audit_lib.methods.theft import StealRecipe
+    from audit_lib.ownership.theft import run_theft_risk
+
+    p = {**THEFT_DEFAULTS, **{k: v for k, v in (params or {}).items() if k in THEFT_DEFAULTS and v is not None}}
+    out = run_theft_risk(int(model_id), budgets=str(p["theft_budgets"]), reference_budget=str(
+        p["theft_budgets"]).split(",")[-1], recipe=StealRecipe(epochs=int(p["theft_epochs"]), lr=float(p["theft_lr"])),
+        downstream_per_class=int(p["downstream_per_class"]), run_key=f"{run_key}/theft/{int(model_id)}",
+        image_size=None if p["theft_image_size"] is None else int(p["theft_image_size"]),
+        progress=False, database_url=db_url)
+    log.info("theft risk of owned API %d: %s (p=%s); finding %d", model_id, out.result.decision, out.result.p_value,
+             out.finding_id)
+    return {"finding_id": out.finding_id, "decision": out.result.decision, "p_value": out.result.p_value,
+            "model_id": int(model_id), "curve_png": str(out.png)}

@@ -246,7 +246,10 @@ def _build_clip(profile: Profile, spec: ClipEntrySpec, people: list[FacePerson],
 
 def measure_clip(net: Any, spec: ClipEntrySpec, plan: list[ZooPerson]) -> dict[str, Any]:
     """Zero-shot name accuracy on held-out photos over IDIA's 21 templates, among the
-    people's names plus ``spec.decoys`` decoys, for members and for non-members."""
+    people's names plus ``spec.decoys`` decoys, for members and for non-members. The photos
+    are embedded through the encoder handle (the family's own evaluation transform), so the
+    figure is what an audit of the registered model sees."""
+    from audit_lib.encoders.local import LocalEncoder
     from audit_lib.names import decoy_names
     from audit_lib.zoo.evaluate import zero_shot_name_hits
 
@@ -258,7 +261,9 @@ def measure_clip(net: Any, spec: ClipEntrySpec, plan: list[ZooPerson]) -> dict[s
         photos += p.heldout_photos
         truth += [k] * len(p.heldout_photos)
         member += [p.member] * len(p.heldout_photos)
-    hits = zero_shot_name_hits(net, face_pixels(photos, size), truth, candidates)
+    handle = LocalEncoder.from_network(net, "zoo-build-measurement")
+    embeddings = handle.encode_images([Path(f).read_bytes() for f in photos])
+    hits = zero_shot_name_hits(net, face_pixels(photos, size), truth, candidates, image_embeddings=embeddings)
     member = np.asarray(member)
     return {"candidates": len(candidates), "chance": 1 / len(candidates),
             "member_name_accuracy": float(hits[:, member].mean()),

@@ -11,9 +11,10 @@
   with identities in any installed package, so identity entries are skipped then.
 
 Images are handed to training as uint8 arrays (N, H, W, 3) already at the model's input
-size, preprocessed exactly as the encoder handle does (shorter side bicubic, centre crop;
-:func:`audit_lib.encoders.local.preprocess_uint8`), so training and auditing see the same
-pixels.
+size (shorter side bicubic, centre crop; :func:`audit_lib.encoders.local.preprocess_uint8`).
+For the small CNNs that is the handle's own transform, so training and auditing see the same
+pixels; open_clip models are audited through open_clip's ``preprocess_val``, which can differ
+from this by rounding on images that are not already at the input size.
 """
 
 from __future__ import annotations

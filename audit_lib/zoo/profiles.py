@@ -81,7 +81,7 @@ def _independents(count: int, recipe: SimCLRRecipe, subset: int, archs: tuple[st
 
 
 #: The ci zoo's independent encoders' recipe; the suspect-zoo builder trains its own extra
-#: independent families with it too (``audit_lib.methods.suspect_zoo.train_independent``).
+#: independent families with it too (``audit_lib.zoo.suspects.train_independent``).
 CI_INDEPENDENT_RECIPE = SimCLRRecipe(epochs=3, batch_size=128, lr=3e-3, warmup_steps=5, temperature=0.2)
 
 

@@ -1,4 +1,4 @@
-"""The suspect zoo for fingerprinting an owned encoder (MetaV, DESIGN §2.5).
+"""The suspect zoo for fingerprinting an owned encoder (MetaV).
 
 MetaV (Pan et al., KDD 2022, arXiv 2201.07391) learns what "a copy of our model" looks like
 from examples. Positives are the owned model and derivatives an infringer could make;
@@ -556,6 +556,14 @@ PROFILES: dict[str, SuspectZooConfig] = {
                            negative_finetune=((1e-3, 1),), random_negatives=2, extra_independents=3,
                            num_threads=2),
     "full": SuspectZooConfig(extra_independents=18),
+    # An owner's own small encoder on 2 CPU cores (tests/test_owner_ownership.py): every kind
+    # of derivative once or twice, three fine-tunes so train, test and validation each get
+    # one; the negative families come from the independence null (audit_lib.ownership.null).
+    "small": SuspectZooConfig(finetune=((3e-4, 1), (1e-3, 1), (3e-3, 1)), finetune_images=64, prune=(0.3, 0.5),
+                              quantise=("int8", "fp16"), distil_epochs=(10,), distil_images=64,
+                              steal_budgets=(128,), steal_epochs=20, negative_prune=(0.5,),
+                              negative_quantise=("int8",), negative_finetune=(), random_negatives=1,
+                              extra_independents=0, num_threads=2),
 }
 
 
