@@ -1,4 +1,4 @@
-"""Audit runs, findings and the hash-chained evidence log (DESIGN §4).
+"""Audit runs, findings and the hash-chained evidence log.
 
 Evidence items are append-only and chained per audit run: each row's hash covers its own
 fields and the previous row's hash, so changing, removing or reordering any row breaks

@@ -1,4 +1,4 @@
-"""What a method returns: a calibrated finding and the queries behind it (DESIGN §4).
+"""What a method returns: a calibrated finding and the queries behind it.
 
 Methods are pure functions over handles and arrays; they return a ``FindingResult`` and
 never touch the database. The caller (a CLI command or a DAG task) stores it.

@@ -1,6 +1,6 @@
 """Name lists for people: first names by sex and surnames, from Faker's locale providers.
 
-Identity inference (DESIGN §2.1, METHOD-NOTES §4) ranks a subject's true name against
+Identity inference ranks a subject's true name against
 decoy names: random "first last" combinations of common first names and surnames, equal
 numbers per sex, fixed seed. The published IDIA code drew them from US baby-name and
 census lists; we read the same kind of lists from Faker's person providers, which ship

@@ -1,4 +1,4 @@
-"""Evidence statistics shared by every method (DESIGN §4, METHOD-NOTES "Evidence statistics").
+"""Evidence statistics shared by every method.
 
 Empirical (rank) p-values against a null population (with a Student-t predictive tail
 where the null is too small for the rank to reach alpha), Clopper-Pearson bounds, Holm's
@@ -53,7 +53,7 @@ class NullTest:
 
 
 def rank_or_tail_test(observed: float, null: Sequence[float], alpha: float) -> NullTest:
-    """The rank p-value among K null statistics (METHOD-NOTES "Evidence statistics"). When
+    """The rank p-value among K null statistics. When
     1 / (K + 1) > alpha the rank p-value can never reach alpha; then p is the Student-t
     predictive tail (:func:`t_tail_p_value`), used only when the observed statistic also
     outranks every null one (else the larger of the two p-values), and the finding must say

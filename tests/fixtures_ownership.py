@@ -1,4 +1,4 @@
-"""Fixtures for theft and watermark tests (issue 6), on the ci zoo.
+"""Fixtures for theft and watermark tests, on the ci zoo.
 
 Trained artefacts (the watermarked encoder, stolen copies) are cached under
 ``var/ownership-cache`` keyed by a hash of everything that changes them, so only the first

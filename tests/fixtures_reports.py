@@ -1,4 +1,4 @@
-"""Fixtures for the evidence reports (issue 9): findings that follow the methods' details
+"""Fixtures for the evidence reports: findings that follow the methods' details
 contract, and a way to tamper with evidence past the database's append-only triggers.
 
 ``make_case_findings`` is deliberately generic: it stores any list of ``FindingResult``
@@ -285,7 +285,7 @@ def page_pixels(path, page: int = 1, dpi: int = 50) -> np.ndarray:
         return np.asarray(Image.open(f"{prefix}.png").convert("L"), dtype=float)
 
 
-# ---- findings made on the ci reference zoo (issue 9's "Done when") --------------------
+# ---- findings made on the ci reference zoo --------------------
 #
 # The unit-level tests above use hand-made FindingResults; the ones below make real findings
 # on the ci zoo through the product's own task bodies and workflows, with small settings.

@@ -1,4 +1,4 @@
-"""IDIA's decoy prompts as a per-model-version text set (issue 8): a second subject's audit
+"""IDIA's decoy prompts as a per-model-version text set: a second subject's audit
 on the same model version sends no decoy query and reads no decoy row, the run records the
 whole set as one evidence item that the store expands again, and the finding equals what
 an uncached run gives; cached repeats are recorded once per run when the handle is asked

@@ -1,4 +1,4 @@
-"""MetaV fingerprinting (issue 7): the pure parts on tiny models, then the ci suspect zoo.
+"""MetaV fingerprinting: the pure parts on tiny models, then the ci suspect zoo.
 
 Semantic checks (Done when): a held-out stolen copy and a held-out fine-tuned copy of the
 owned encoder are called pirated, a held-out independent encoder is not; ARUC itself is

@@ -1,4 +1,4 @@
-"""Evidence reports from real findings on the ci reference zoo (issue 9).
+"""Evidence reports from real findings on the ci reference zoo.
 
 The findings are made by the product's own task bodies and workflows
 (tests/fixtures_reports.py): IDIA and EncoderMI for a member of the tiny CLIP in one privacy

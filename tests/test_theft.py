@@ -1,4 +1,4 @@
-"""StolenEncoder theft simulation (issue 6): the loss, views, budgets, evaluation, and the
+"""StolenEncoder theft simulation: the loss, views, budgets, evaluation, and the
 semantic test on the ci zoo (a copy stolen through the real HTTP API agrees with the
 target far more than an independently trained encoder does)."""
 

@@ -167,7 +167,7 @@ def test_findings_in_plain_words_latest_per_model_and_report_links(web, web_stor
     assert "p = 0.2:" not in latest  # the older tiny-clip finding is not the latest
     assert latest.count('class="finding ') == 2
     assert "All findings" in page and "run-1" in page
-    assert f'href="/reports/' in page and f"subject:{sid}" in page and "subject:999" not in page
+    assert 'href="/reports/' in page and f"subject:{sid}" in page and "subject:999" not in page
     listing = web.client.get("/subjects").text
     assert "tiny-clip · identity: evidence found (p = 0.003)" in listing
     assert "simclr-suspect · membership: no evidence found (p = 0.41)" in listing

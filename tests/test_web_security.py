@@ -1,4 +1,4 @@
-"""API-level tests of every security point of the DPO web app (issue 10): sign-in walls,
+"""API-level tests of every security point of the DPO web app: sign-in walls,
 roles, CSRF, cookie flags, upload limits, content sniffing, paths, secrets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ci zoo (issue 4 "Done when"): members and non-members are separable the way each
+"""The ci zoo: members and non-members are separable the way each
 method needs, re-measured here from the saved weights through the encoder handle."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``encoder-audit report``: render, verify and sign PDF evidence reports (issue 9).
+"""``encoder-audit report``: render, verify and sign PDF evidence reports.
 
 Nothing heavy at module level: WeasyPrint, matplotlib and pypdf load inside the commands.
 """

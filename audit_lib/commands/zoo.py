@@ -1,4 +1,4 @@
-"""``encoder-audit zoo …``: build and inspect the reference model zoo (issue 4)."""
+"""``encoder-audit zoo …``: build and inspect the reference model zoo."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The encoder handle: the one interface every method uses to query a model (DESIGN §3).
+"""The encoder handle: the one interface every method uses to query a model.
 
 A handle hides where the model runs (a local checkpoint on cpu/cuda, or a remote API over
 HTTP), batching, mixed precision, caching and evidence recording. Methods only see arrays.

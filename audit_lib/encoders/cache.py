@@ -1,4 +1,4 @@
-"""The query cache and evidence log in front of any handle (DESIGN §3, §4).
+"""The query cache and evidence log in front of any handle.
 
 :class:`StoreBackedHandle` wraps a local or remote handle:
 

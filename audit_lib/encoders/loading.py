@@ -1,4 +1,4 @@
-"""Loading checkpoint weights safely: a checkpoint is untrusted input (DESIGN §3).
+"""Loading checkpoint weights safely: a checkpoint is untrusted input.
 
 - ``.safetensors``: read with safetensors (no code can run).
 - ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``: ``torch.load(..., weights_only=True)``; a pickle

@@ -1,4 +1,4 @@
-"""The audit methods, one paper per module (DESIGN §2).
+"""The audit methods, one paper per module.
 
 Each method is a pure function over an encoder handle (``audit_lib.encoders.base``) and
 returns a calibrated :class:`audit_lib.findings.FindingResult`; it never touches the

@@ -3,7 +3,7 @@
 Paper: Xudong Pan, Yifan Yan, Mi Zhang, Min Yang, "MetaV: A Meta-Verifier Approach to
 Task-Agnostic Model Fingerprinting", KDD 2022, arXiv 2201.07391.
 
-What is implemented (the paper's joint objective, METHOD-NOTES §3)::
+What is implemented (the paper's joint objective)::
 
     min_{X, V}  - sum_{f in {f_0} u M+} log V(f(X))  - sum_{g in M-} log(1 - V(g(X)))
 

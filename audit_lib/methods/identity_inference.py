@@ -13,7 +13,7 @@ Published procedure, implemented as written:
      frequent counts as not correct (plurality, not majority);
   5. member iff #correct templates >= tau (tau = 1).
 
-Calibrated decision on top (DESIGN §2.1, METHOD-NOTES "IDIA"): a decoy-name permutation
+Calibrated decision on top: a decoy-name permutation
 test. Every candidate identity is scored exactly like the true one and
 p = (1 + #{decoys scoring >= true}) / (M + 1), valid when, under H0 ("the model never
 learnt this person"), the true name is exchangeable with the decoys.
@@ -26,8 +26,8 @@ Departures from the paper, and why:
   - aliases: the person's names form one identity (a template is correct when the
     plurality identity is the person's); to keep the test fair, decoys are grouped into
     pseudo-identities of the same number of names;
-  - when the person's sex is registered, decoys are all of that sex (matched decoys, the
-    METHOD-NOTES recommendation); otherwise equal by sex as published;
+  - when the person's sex is registered, decoys are all of that sex (matched decoys, so that
+    sex alone cannot single out the true name); otherwise equal by sex as published;
   - fewer than 3 photos is refused rather than evaluated (the paper reports from 3 up).
 
 Queries: the subject's own name prompts are ordinary text queries; the decoy prompts are

@@ -7,7 +7,7 @@ of a training member than of a non-member. For an input x with views A_1(x) .. A
 (n = 10), the feature vector is s = {cos(E(A_i x), E(A_j x)) : i < j} (45 values); the
 three published rules (T, V, S) map s to a member decision (``mi_classifiers``).
 
-Calibrated decision on top (DESIGN §2.2, METHOD-NOTES "EncoderMI"):
+Calibrated decision on top:
   - per image: p_i = (1 + #{reference scores >= s_i}) / (K + 1), the rank of its score
     among the scores of K known non-members (images that cannot be in the training set)
     on the same model version; Holm's step-down correction over the claimed images;

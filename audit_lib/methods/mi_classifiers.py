@@ -8,7 +8,7 @@ them):
 - EncoderMI-T: score = mean(s); member iff score > threshold, the threshold chosen on
   shadow members vs shadow non-members (here: the one maximising balanced accuracy);
 - EncoderMI-V: a fully connected network with two hidden layers on sort(s)
-  (hidden sizes 64 and 32, METHOD-NOTES §5); member iff P(member) > 0.5;
+  (hidden sizes 64 and 32); member iff P(member) > 0.5;
 - EncoderMI-S: a permutation-invariant set classifier, DeepSets (Zaheer et al., NeurIPS
   2017): rho(mean_j phi(s_j)); member iff P(member) > 0.5.
 

@@ -1,4 +1,4 @@
-"""Encoder theft simulation: StolenEncoder (DESIGN §2.3).
+"""Encoder theft simulation: StolenEncoder.
 
 Paper: Yupei Liu, Jinyuan Jia, Hongbin Liu, Neil Zhenqiang Gong, "StolenEncoder: Stealing
 Pre-trained Encoders in Self-supervised Learning", ACM CCS 2022, arXiv 2201.05889;

@@ -1,4 +1,4 @@
-"""Seeded augmented views of an image, for EncoderMI (DESIGN §2.2).
+"""Seeded augmented views of an image, for EncoderMI.
 
 EncoderMI (Liu, Jia, Qu, Gong, "EncoderMI: Membership Inference against Pre-trained
 Encoders in Contrastive Learning", ACM CCS 2021, arXiv 2108.11023, §4.2) embeds n views

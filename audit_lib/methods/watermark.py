@@ -1,9 +1,9 @@
-"""Encoder watermarking: AWEncoder (DESIGN §2.4).
+"""Encoder watermarking: AWEncoder.
 
 Paper: Tianxing Zhang, Hanzhou Wu, Xiaofeng Lu, Guangling Sun, "AWEncoder: Adversarial
 Watermarking Pre-trained Encoders in Contrastive Learning", arXiv 2208.03948 (Applied
 Sciences 13(6):3531, 2023). No official code exists; the stages follow the paper's
-description as summarised in METHOD-NOTES §2:
+description:
 
 1. Generate: a random key image ``x_key`` and a marked set D_w; one perturbation delta,
    ``||delta||_inf <= eps`` (eps = 8/255), found by projected (sign-)gradient steps on
@@ -25,8 +25,8 @@ Where we depart, and why:
 - Pixels live on the uint8 grid: delta is an integer number of grey levels per pixel
   (|delta| <= 8 levels = 8/255) and marked images are exactly what a PNG query carries, so
   the suspect sees the same pixels the owner committed to.
-- The paper's verification thresholds an output discrepancy; ours is a calibrated test
-  (METHOD-NOTES "Evidence statistics"). H0: the suspect was not derived from the marked
+- The paper's verification thresholds an output discrepancy; ours is a calibrated test.
+  H0: the suspect was not derived from the marked
   encoder. Two nulls, and the watermark is found only when both reject (an
   intersection-union test, p = max of the two, valid at level alpha):
   (a) independence: the real delta's statistic on the zoo's independently trained encoders,

@@ -1,4 +1,4 @@
-"""Owned-model enrolment artefacts (DESIGN §2.4, §2.5, §4).
+"""Owned-model enrolment artefacts.
 
 Watermark keys, perturbations, probes, fingerprints and verifier weights are stored in the
 ``enrolment_artefacts`` table as a safetensors payload plus JSON, hashed and timestamped

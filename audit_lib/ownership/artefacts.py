@@ -1,8 +1,8 @@
 """Store and load enrolment artefacts: safetensors payload + JSON spec, sha256, commitment.
 
 Why a commitment: an ownership claim is only convincing if the key, the perturbation, the
-probes, the test statistic and alpha were fixed *before* the suspect was queried (METHOD-NOTES,
-"Evidence statistics", step 2); otherwise an accuser could tune probes after the fact. So an
+probes, the test statistic and alpha were fixed *before* the suspect was queried;
+otherwise an accuser could tune probes after the fact. So an
 artefact is written once, with
 
 - ``payload``: a safetensors file (arrays only, no pickle; the JSON spec rides along in the

@@ -1,4 +1,4 @@
-"""Task bodies of the Airflow pipelines (DESIGN §6).
+"""Task bodies of the Airflow pipelines.
 
 The DAG files in ``dags/`` stay thin: each task imports one function from here inside its
 body and passes ids only. Every function here opens its own short transaction on the

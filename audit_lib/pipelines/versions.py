@@ -1,4 +1,4 @@
-"""Model-version check at the start of an audit (DESIGN §3): which version is audited.
+"""Model-version check at the start of an audit: which version is audited.
 
 A checkpoint's version is its weights' sha256; an API's is the hash of its embeddings of
 a fixed canary set, taken now. A version never seen before is a new ModelVersion row and

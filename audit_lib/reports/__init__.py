@@ -1,4 +1,4 @@
-"""PDF evidence reports (DESIGN §7, issue 9): render a case, verify a report, sign it.
+"""PDF evidence reports: render a case, verify a report, sign it.
 
 Heavy libraries (WeasyPrint, matplotlib) are imported inside the functions that need
 them, so importing this package is cheap (the DAG and the CLI import it).

@@ -1,6 +1,6 @@
 """What a report is about: a case, parsed from text, and the findings that belong to it.
 
-Cases (DESIGN §7): ``subject:ID`` (a data subject across models: identity and membership
+Cases: ``subject:ID`` (a data subject across models: identity and membership
 inference), ``ownership:OWNED_ID:SUSPECT_ID`` (an owned model against a suspect:
 watermark and fingerprint checks, plus the owned model's theft-risk curve), and
 ``run:RUN_KEY`` (everything one audit run found).

@@ -1,4 +1,4 @@
-"""Render a case's PDF evidence report (DESIGN §7, issue 9).
+"""Render a case's PDF evidence report.
 
 ``render_report(session, case, out_dir)`` loads the case's findings (reports/case.py), builds
 the evidence manifest (reports/manifest.py), draws the figures (reports/figures.py), fills

@@ -1,4 +1,4 @@
-"""Verify a PDF evidence report against itself and against the evidence store (issue 9).
+"""Verify a PDF evidence report against itself and against the evidence store.
 
 Checks, each named in the result so a reader sees what was and was not confirmed:
 

@@ -1,7 +1,7 @@
-"""Plain-language wording for reports: methods, references, verdicts, glossary (DESIGN §4, §7).
+"""Plain-language wording for reports: methods, references, verdicts, glossary.
 
 One place for what a lawyer reads, so every report says the same thing the same way. The
-rule from DESIGN §4: "under H0 (...), a result at least this extreme has probability <= p",
+rule: "under H0 (...), a result at least this extreme has probability <= p",
 with the assumptions listed, and never "proof".
 """
 
@@ -125,7 +125,7 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
 
 
 def p_meaning(hypothesis: str, p: float | None, assumptions: list[str]) -> str:
-    """The one sentence DESIGN §4 prescribes for a p-value."""
+    """The one sentence every report uses for a p-value."""
     if p is None:
         return "This finding is descriptive and carries no p-value."
     text = (f"Under H0 ({hypothesis.rstrip('.')}), a result at least this extreme has "

@@ -1,4 +1,4 @@
-"""The reference encoder server (DESIGN §3): any local checkpoint as an embedding API.
+"""The reference encoder server: any local checkpoint as an embedding API.
 
 ``app.py`` (FastAPI routes), ``keys.py`` (API keys, per-key settings, rate limits),
 ``defences.py`` (StolenEncoder output defences), ``faults.py`` (fault injection for tests),

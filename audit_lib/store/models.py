@@ -1,4 +1,4 @@
-"""The evidence store's schema (DESIGN §5) as SQLAlchemy 2 typed models.
+"""The evidence store's schema as SQLAlchemy 2 typed models.
 
 Schema changes go through Alembic migrations in ``migrations/``; a test checks that the
 models and the migrations agree.
@@ -207,7 +207,7 @@ class AuditRun(Base):
 
 
 class Finding(Base):
-    """A method's calibrated result (DESIGN §4); one per run, method, target and version."""
+    """A method's calibrated result; one per run, method, target and version."""
 
     __tablename__ = "findings"
     __table_args__ = (UniqueConstraint("run_id", "method", "target_key", "model_version_id"),)

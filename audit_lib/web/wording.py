@@ -1,4 +1,4 @@
-"""Findings in plain words for DPOs (DESIGN §4: "under H0 (…), a result at least this
+"""Findings in plain words for DPOs ("under H0 (…), a result at least this
 extreme has probability <= p"; never "proof")."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SimCLR augmentations: random resized crop, horizontal flip, colour jitter, greyscale.
 
 Two forms of the same pipeline (SimCLR, Chen et al., ICML 2020, arXiv 2002.05709,
-Appendix A; EncoderMI's views use the same family, METHOD-NOTES §5):
+Appendix A; EncoderMI's views use the same family):
 
 - :func:`view_transform`: torchvision ``transforms.v2`` on one image tensor, exactly
   torchvision's semantics (global torch RNG). Used to make augmented views for

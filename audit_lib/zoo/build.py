@@ -1,4 +1,4 @@
-"""Build, cache and register the reference zoo (issue 4; DESIGN §9).
+"""Build, cache and register the reference zoo.
 
 ``build_zoo(profile)`` trains every entry of the profile (:mod:`audit_lib.zoo.profiles`)
 that is not cached yet, measures it, writes ``manifest.json`` and registers each entry as

@@ -20,7 +20,7 @@ from audit_lib.zoo.augment import view_transform
 from audit_lib.zoo.data import normalize, to_float
 from audit_lib.zoo.recipes import AugmentConfig
 
-#: IDIA's 21 prompt templates (DESIGN §2.1; Hintersdorf et al., JAIR 2024, arXiv 2209.07341).
+#: IDIA's 21 prompt templates (Hintersdorf et al., JAIR 2024, arXiv 2209.07341).
 IDIA_TEMPLATES: tuple[str, ...] = (
     "{}", "an image of {}", "a photo of {}", "{} on a photo", "a photo of a person named {}",
     "a person named {}", "a man named {}", "a woman named {}", "the name of the person is {}",

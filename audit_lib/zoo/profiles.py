@@ -7,7 +7,7 @@
 Entries:
 
 1. ``tiny-clip`` (identity-target): a tiny open_clip model on ORL faces with captions that
-   name the member half of the people (DESIGN §9, issue 4).
+   name the member half of the people.
 2. ``simclr-target`` (membership-target) overfitted on a known member split of the image
    set, and ``simclr-shadow*`` (membership-shadow) trained the same way on disjoint data,
    for EncoderMI's shadow classifiers.
