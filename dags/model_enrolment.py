@@ -7,6 +7,7 @@ from datetime import timedelta
 from airflow.sdk import Param, TriggerRule, dag, task
 
 from audit_lib.pipelines import DAG_DEFAULTS, MODEL_TASK
+from audit_lib.pipelines.shared_tasks import mark_run_failed_task
 
 _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits its artefact. "
              "**Failure** names the step and why (for example: not part of this build, "
@@ -106,15 +107,6 @@ def model_enrolment():
         run_key, _ = current_run()
         return close_runs(run_key)
 
-    @task(trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
-        "Runs only when a step failed: marks the enrolment's open audit runs `failed`."))
-    def mark_run_failed() -> dict:
-        from audit_lib.pipelines.context import current_run
-        from audit_lib.pipelines.summary import fail_run
-
-        run_key, _ = current_run()
-        return fail_run(run_key)
-
     model_id = validate_model()
     watermark = step_task("watermark", 4)(model_id)
     zoo = step_task("zoo", 8)(model_id)
@@ -126,7 +118,7 @@ def model_enrolment():
     watermark >> theft
     steps = [model_id, watermark, zoo, fingerprint, calibration, theft]
     steps >> close_run()
-    steps >> mark_run_failed()
+    steps >> mark_run_failed_task()()
 
 
 model_enrolment()

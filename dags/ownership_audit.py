@@ -14,6 +14,7 @@ from audit_lib.pipelines import (
     materialise,
     schedule_from_env,
 )
+from audit_lib.pipelines.shared_tasks import mark_run_failed_task
 
 REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
 
@@ -150,16 +151,6 @@ def ownership_audit():
         run_key, _ = current_run()
         return summarise(run_key)
 
-    @task(trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
-        "Runs only when a task of the run failed: marks the audit run and its sub-runs `failed` "
-        "with their finish time (the findings stored so far stay). Skipped otherwise."))
-    def mark_run_failed() -> dict:
-        from audit_lib.pipelines.context import current_run
-        from audit_lib.pipelines.summary import fail_run
-
-        run_key, _ = current_run()
-        return fail_run(run_key)
-
     @task(outlets=[REPORT_REQUESTS], execution_timeout=timedelta(minutes=5), doc_md=(
         "Updates the `evidence_report_requests` asset when the run has new positive "
         "findings; skipped otherwise."))
@@ -180,7 +171,7 @@ def ownership_audit():
               theft_risk.expand(model_id=owned_apis(snapshot))]
     summary = summarise_run()
     checks >> summary
-    [snapshot, versions, *checks] >> mark_run_failed()
+    [snapshot, versions, *checks] >> mark_run_failed_task()()
     request_reports(summary)
 
 

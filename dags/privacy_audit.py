@@ -14,6 +14,7 @@ from audit_lib.pipelines import (
     materialise,
     schedule_from_env,
 )
+from audit_lib.pipelines.shared_tasks import mark_run_failed_task
 
 REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
 
@@ -155,16 +156,6 @@ def privacy_audit():
         run_key, _ = current_run()
         return summarise(run_key)
 
-    @task(trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
-        "Runs only when a task of the run failed: marks the audit run `failed` with its finish "
-        "time (the findings stored so far stay). Skipped when every task succeeded."))
-    def mark_run_failed() -> dict:
-        from audit_lib.pipelines.context import current_run
-        from audit_lib.pipelines.summary import fail_run
-
-        run_key, _ = current_run()
-        return fail_run(run_key)
-
     @task(outlets=[REPORT_REQUESTS], execution_timeout=timedelta(minutes=5), doc_md=(
         "Finds positive findings of this run not yet covered by a report and updates the "
         "`evidence_report_requests` asset (which triggers `evidence_reports`). Skipped when "
@@ -186,7 +177,7 @@ def privacy_audit():
     mi = membership_inference.expand(pairs=plan_membership(snapshot, calibrated))
     summary = summarise_run()
     [idia, mi] >> summary
-    [snapshot, versions, calibrated, idia, mi] >> mark_run_failed()
+    [snapshot, versions, calibrated, idia, mi] >> mark_run_failed_task()()
     request_reports(summary)
 
 

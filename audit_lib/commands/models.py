@@ -43,7 +43,7 @@ def _json_option(name: str, text: str | None) -> dict[str, Any] | None:
 def models_add(
     name: Annotated[str, typer.Option(help="a unique name for the model")],
     role: Annotated[str, typer.Option(help="owned, suspect, or reference (known to be trained independently of an owner's)")],
-    architecture: Annotated[Optional[str], typer.Option(help="checkpoint: open_clip or torchvision architecture")] = None,
+    architecture: Annotated[Optional[str], typer.Option(help="checkpoint: FAMILY:NAME, e.g. open_clip:NAME, timm:NAME@SIZE, hf-clip:FOLDER, torchvision:NAME@SIZE, small_cnn:NAME")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="checkpoint: weights file (safetensors)")] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="API: the embedding endpoint URL")] = None,
     preset: Annotated[Optional[str], typer.Option(help="API: a vendor preset for the adapter (see docs)")] = None,

@@ -253,7 +253,6 @@ def measure_clip(net: Any, spec: ClipEntrySpec, plan: list[ZooPerson]) -> dict[s
     from audit_lib.names import decoy_names
     from audit_lib.zoo.evaluate import zero_shot_name_hits
 
-    size = net.preprocess.image_size
     names = [p.name for p in plan]
     candidates = names + decoy_names(spec.decoys, exclude=names, seed=42)
     photos, truth, member = [], [], []
@@ -263,7 +262,7 @@ def measure_clip(net: Any, spec: ClipEntrySpec, plan: list[ZooPerson]) -> dict[s
         member += [p.member] * len(p.heldout_photos)
     handle = LocalEncoder.from_network(net, "zoo-build-measurement")
     embeddings = handle.encode_images([Path(f).read_bytes() for f in photos])
-    hits = zero_shot_name_hits(net, face_pixels(photos, size), truth, candidates, image_embeddings=embeddings)
+    hits = zero_shot_name_hits(net, embeddings, truth, candidates)
     member = np.asarray(member)
     return {"candidates": len(candidates), "chance": 1 / len(candidates),
             "member_name_accuracy": float(hits[:, member].mean()),

@@ -78,18 +78,16 @@ def embed_texts(network: Network, texts: Sequence[str], batch_size: int = 512) -
     return torch.cat(out).numpy()
 
 
-def zero_shot_name_hits(network: Network, photos: np.ndarray, true_index: Sequence[int],
-                        candidates: Sequence[str], templates: Sequence[str] = IDIA_TEMPLATES, *,
-                        image_embeddings: np.ndarray | None = None) -> np.ndarray:
+def zero_shot_name_hits(network: Network, image_embeddings: np.ndarray, true_index: Sequence[int],
+                        candidates: Sequence[str], templates: Sequence[str] = IDIA_TEMPLATES) -> np.ndarray:
     """Boolean (len(templates), N): for each template and photo, whether the argmax of
     cosine similarity over ``candidates`` (names put into the template) is the photo's
-    true name ``candidates[true_index[i]]``. ``image_embeddings`` (N, d), when given, are
-    used instead of embedding ``photos`` (e.g. embeddings taken through the encoder handle,
-    with the family's own transform)."""
-    if len(true_index) != len(photos):
-        raise ValueError(f"{len(photos)} photos but {len(true_index)} true names")
-    emb = image_embeddings if image_embeddings is not None else embed(network, photos)
-    img = F.normalize(torch.from_numpy(np.asarray(emb, dtype=np.float32)), dim=1)
+    true name ``candidates[true_index[i]]``. ``image_embeddings`` (N, d) are the photos'
+    embeddings as an audit takes them (through the encoder handle, with the family's own
+    transform); the texts are embedded by ``network``."""
+    if len(true_index) != len(image_embeddings):
+        raise ValueError(f"{len(image_embeddings)} photos but {len(true_index)} true names")
+    img = F.normalize(torch.from_numpy(np.asarray(image_embeddings, dtype=np.float32)), dim=1)
     truth = torch.as_tensor(list(true_index))
     hits = []
     for template in templates:
