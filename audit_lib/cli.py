@@ -13,10 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from audit_lib.cli_errors import fail
+from audit_lib.cli_errors import ErrorMappingGroup, fail
 from audit_lib.cli_errors import guarded as _guarded
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(cls=ErrorMappingGroup, no_args_is_help=True, add_completion=False,
                   help="Audit pre-trained image encoders and keep the evidence.")
 db_app = typer.Typer(no_args_is_help=True, help="The evidence store.")
 subjects_app = typer.Typer(no_args_is_help=True, help="Data subjects registered by DPOs.")
@@ -78,6 +78,7 @@ def subjects_add(
 def subjects_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False) -> None:
     """List registered subjects (erased ones by pseudonym only)."""
     from audit_lib import registry
+    from audit_lib.safe_text import display
 
     def run() -> None:
         with _session() as s:
@@ -88,7 +89,7 @@ def subjects_list(as_json: Annotated[bool, typer.Option("--json", help="print JS
             if not rows:
                 typer.echo("no subjects registered")
             for subj in rows:
-                label = "[erased]" if subj.is_erased else subj.name
+                label = "[erased]" if subj.is_erased else display(subj.name)
                 typer.echo(f"{subj.id:>4}  {subj.pseudonym}  {label}  images={len(subj.images)}")
 
     _guarded(run)

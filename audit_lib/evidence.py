@@ -4,11 +4,14 @@ Evidence items are append-only and chained per audit run: each row's hash covers
 fields and the previous row's hash, so changing, removing or reordering any row breaks
 every hash after it. The chain head (the last row's hash) goes into reports.
 
-The database refuses changes too (migration 0003): UPDATE of an evidence row is refused on
-PostgreSQL and SQLite, and on PostgreSQL a DELETE that would cut a run's chain short is
-refused (a run's evidence can only be purged as a whole). Findings are not trigger-protected;
-each one's canonical record is hashed into its run's chain when stored (``finding_hash``),
-so a later change to a finding row is detected by ``encoder-audit report verify``.
+The database refuses changes too (migrations 0003 and 0005, PostgreSQL and SQLite): evidence
+rows and findings are never updated, and are deleted only for a run first recorded in
+``purged_runs`` (a retention purge of the whole run, :mod:`audit_lib.store.tombstones`); a
+purged run key takes no new evidence, so a chain cannot be deleted and re-inserted forged.
+On PostgreSQL the application's role may only INSERT them (grants); the owner role purges.
+Each finding's canonical record is also hashed into its run's chain when stored
+(``finding_hash``), so a change made past the database (a superuser disabling triggers) is
+detected by ``encoder-audit report verify``.
 """
 
 from __future__ import annotations
@@ -117,6 +120,9 @@ def finish_run(session: Session, run: AuditRun, status: str = "succeeded") -> No
     run.status = status
     run.finished_at = utcnow()
     session.flush()
+    from audit_lib.reports.anchors import write_anchor  # the chain head, anchored outside the store
+
+    write_anchor(session, run)
 
 
 @contextmanager

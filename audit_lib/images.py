@@ -85,10 +85,18 @@ def check_image_bytes(data: bytes, name: str, *, min_side: int, max_pixels: int,
 
 
 def check_image_file(path: Path, **limits: int) -> CheckedImage:
-    """Read and check one image file (see :func:`check_image_bytes`)."""
+    """Read and check one image file (see :func:`check_image_bytes`). The size is checked
+    with ``stat`` before reading, and no more than the limit (plus one byte) is read, so an
+    oversized file is refused without being loaded into memory."""
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    return check_image_bytes(path.read_bytes(), str(path), **limits)
+    max_bytes = int(limits["max_bytes"])
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ImageError(f"{path}: {size} bytes is over the limit of {max_bytes} bytes")
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)  # the file may have grown since stat
+    return check_image_bytes(data, str(path), **limits)
 
 
 def check_image_folder(folder: Path, **limits: int) -> list[CheckedImage]:
@@ -99,7 +107,12 @@ def check_image_folder(folder: Path, **limits: int) -> list[CheckedImage]:
     """
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder")
+    root = folder.resolve()
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    for p in files:
+        if p.resolve().parent != root:
+            raise ImageError(f"{p}: a link to a file outside the folder ({p.resolve()}); copy the image "
+                             "into the folder instead")
     if not files:
         raise ImageError(f"{folder}: the folder has no image files")
     images = [check_image_file(p, **limits) for p in files]

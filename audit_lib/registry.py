@@ -11,7 +11,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -27,6 +26,8 @@ MODEL_KINDS = frozenset({"checkpoint", "api"})
 MODEL_ROLES = frozenset({"owned", "suspect", "reference"})
 IMAGE_ROLES = ("reference", "claimed")
 MAX_TEXT = 200  # the width of the name, alias and legal-basis columns
+MAX_QUERY_BUDGET = 10**12  # far above any real budget, far below the BIGINT column's limit
+IMAGE_SIZE_RANGE = (8, 4096)  # sane @SIZE input sizes of a checkpoint architecture, pixels
 
 
 class RegistryError(ValueError):
@@ -77,6 +78,8 @@ def add_subject(session: Session, *, name: str, legal_basis: str, photos: list[C
     if not legal_basis.strip():
         raise RegistryError("legal basis: state the legal basis for processing this person's data")
     for label, value in [("name", name), ("legal basis", legal_basis), *(("alias", a) for a in aliases)]:
+        _check_shown_text(label, value)
+    for label, value in [("name", name), ("legal basis", legal_basis), *(("alias", a) for a in aliases)]:
         if len(value.strip()) > MAX_TEXT:
             raise RegistryError(f"{label}: {len(value.strip())} characters is over the limit of {MAX_TEXT}")
     if sex is not None and sex not in ("f", "m"):
@@ -115,6 +118,32 @@ def add_subject_from_folders(session: Session, *, name: str, legal_basis: str, p
                        claimed=claimed, aliases=aliases, sex=sex)
 
 
+def _check_shown_text(label: str, value: str) -> None:
+    """Refuse text that would rewrite what a terminal, PDF or page shows around it."""
+    from audit_lib.safe_text import unsafe_character
+
+    bad = unsafe_character(value)
+    if bad:
+        raise RegistryError(f"{label}: {bad} is not allowed (control characters, line breaks and "
+                            "bidirectional overrides would change how the text is shown)")
+
+
+def check_model_name(name: str) -> str:
+    """A model name as given, refused if it is empty, has leading or trailing whitespace
+    or unsafe characters, is over the column width, or is all digits (``models show 12``
+    means the model with id 12)."""
+    if not name or not name.strip():
+        raise RegistryError("name: a model needs a name")
+    if name != name.strip():
+        raise RegistryError(f"name: {name!r} has leading or trailing whitespace; give the name without it")
+    _check_shown_text("name", name)
+    if len(name) > MAX_TEXT:
+        raise RegistryError(f"name: {len(name)} characters is over the limit of {MAX_TEXT}")
+    if name.isdigit():
+        raise RegistryError(f"name: {name!r} is all digits and would be read as a model id; add a letter")
+    return name
+
+
 def list_subjects(session: Session) -> list[DataSubject]:
     return list(session.scalars(select(DataSubject).order_by(DataSubject.id)))
 
@@ -142,25 +171,13 @@ def subject_image_bytes(session: Session, subject: DataSubject, role: str) -> li
 
 
 def erase_subject(session: Session, subject_id: int) -> DataSubject:
-    """Erase a person: name, aliases, legal basis and image bytes go; the pseudonym, image
-    hashes and findings stay. Image bytes still needed by another live subject are kept."""
-    subject = get_subject(session, subject_id)
-    if subject.is_erased:
-        raise RegistryError(f"subject {subject_id}: already erased")
-    subject.name = None
-    subject.aliases = None
-    subject.legal_basis = None
-    subject.sex = None
-    subject.erased_at = utcnow()
-    session.flush()
-    for im in subject.images:
-        still_needed = session.scalar(
-            select(SubjectImage.id).join(DataSubject)
-            .where(SubjectImage.sha256 == im.sha256, DataSubject.erased_at.is_(None)).limit(1))
-        if still_needed is None:
-            im.blob.data = None
-    session.flush()
-    return subject
+    """Erase a person (see :mod:`audit_lib.erasure`): name, aliases, legal basis, photos,
+    their cached answers and the reports about them go; the pseudonym, hashes and findings
+    stay, and an erasure record says what was kept and why."""
+    from audit_lib.erasure import erase_subject as erase
+
+    erase(session, subject_id)
+    return get_subject(session, subject_id)
 
 
 def parse_capabilities(text: str | list[str]) -> list[str]:
@@ -203,16 +220,64 @@ def resolve_model_adapter(preset: str | None = None, adapter: dict[str, Any] | N
 
 
 def check_endpoint_url(endpoint_url: str | None) -> str:
-    """An API's endpoint, refused unless it is an http(s) URL with a host."""
-    parsed = urlparse(endpoint_url or "")
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise RegistryError(f"endpoint: {endpoint_url!r} is not an http(s) URL")
-    return str(endpoint_url)
+    """An API's endpoint, refused unless a credential may be sent there (see
+    :mod:`audit_lib.encoders.endpoints`: http(s), no secret in the URL, no link-local or
+    metadata address, no private address unless ``AUDIT_ALLOW_PRIVATE_ENDPOINTS``)."""
+    from audit_lib.encoders.endpoints import EndpointError, check_endpoint
+
+    try:
+        return check_endpoint(endpoint_url, allow_private=get_settings().allow_private_endpoints)
+    except EndpointError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def check_adapter_paths(endpoint_url: str, adapter: dict[str, Any]) -> None:
+    """Refuse an adapter whose call paths would send requests to another host than the endpoint."""
+    from audit_lib.encoders.endpoints import EndpointError, check_adapter_hosts
+
+    try:
+        check_adapter_hosts(endpoint_url, adapter)
+    except EndpointError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def check_credential(credential_name: str | None) -> str | None:
+    """A declared credential name (prefix ``AUDIT_CRED_``) or None; any other name is refused."""
+    from audit_lib.encoders.remote import CredentialError, check_credential_name
+
+    if credential_name is None or not credential_name.strip():
+        return None
+    try:
+        return check_credential_name(credential_name.strip())
+    except CredentialError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def _check_budget(query_budget: int | None) -> None:
-    if query_budget is not None and query_budget <= 0:
-        raise RegistryError(f"query budget: {query_budget} is not a positive number")
+    if query_budget is not None and not 0 < query_budget <= MAX_QUERY_BUDGET:
+        raise RegistryError(f"query budget: {query_budget} is not a number of queries from 1 to "
+                            f"{MAX_QUERY_BUDGET:,}")
+
+
+def check_checkpoint(architecture: str, weights_path: Path, role: str) -> None:
+    """Load a checkpoint as an audit will (safe loading only, strict fit to the
+    architecture), so an unknown architecture, an input size out of range, a code-running
+    pickle or weights of another network are refused at registration, not at first use."""
+    from audit_lib.encoders import local_encoder
+    from audit_lib.encoders.architectures import ArchitectureError
+    from audit_lib.encoders.loading import CheckpointError, split_architecture
+
+    _, arch_name = split_architecture(architecture)
+    if "@" in arch_name:
+        size = arch_name.rpartition("@")[2]
+        low, high = IMAGE_SIZE_RANGE
+        if not size.isdigit() or not low <= int(size) <= high:
+            raise RegistryError(f"architecture {architecture!r}: @{size} is not an input size from {low} to "
+                                f"{high} pixels")
+    try:
+        local_encoder(architecture, weights_path, role=role)
+    except (ArchitectureError, CheckpointError) as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def add_model(session: Session, *, name: str, kind: str, role: str, capabilities: str | list[str],
@@ -224,8 +289,7 @@ def add_model(session: Session, *, name: str, kind: str, role: str, capabilities
     URL, adapter from ``preset`` and ``adapter`` overrides with ``embedding_dim``, the
     *name* of its credential, never the secret itself). The adapter is validated here, so a
     typo is refused at registration rather than at the first audit."""
-    if not name.strip():
-        raise RegistryError("name: a model needs a name")
+    check_model_name(name)
     if kind not in MODEL_KINDS:
         raise RegistryError(f"kind: {kind!r} is not one of {sorted(MODEL_KINDS)}")
     if role not in MODEL_ROLES:
@@ -251,11 +315,14 @@ def add_model(session: Session, *, name: str, kind: str, role: str, capabilities
         if adapter or preset or embedding_dim is not None:
             raise RegistryError("adapter: only an API has an adapter, preset or embedding dimension "
                                 "(a checkpoint's dimension comes from its network)")
+        check_checkpoint(architecture, weights_path, role)
     else:
         check_endpoint_url(endpoint_url)
         _check_budget(query_budget)
+        credential_name = check_credential(credential_name)
         adapter = resolve_model_adapter(preset, adapter, embedding_dim)
-    model = AuditedModel(name=name.strip(), kind=kind, role=role, capabilities=caps,
+        check_adapter_paths(str(endpoint_url), adapter)
+    model = AuditedModel(name=name, kind=kind, role=role, capabilities=caps,
                          architecture=architecture,
                          weights_path=str(weights_path) if weights_path else None,
                          endpoint_url=endpoint_url, adapter=adapter,
@@ -270,7 +337,7 @@ def list_models(session: Session) -> list[AuditedModel]:
 
 
 def get_model(session: Session, ref: int | str) -> AuditedModel:
-    """A model by id or by name."""
+    """A model by id or by name (names are never all digits: :func:`check_model_name`)."""
     if isinstance(ref, int) or str(ref).isdigit():
         model = session.get(AuditedModel, int(ref))
     else:
@@ -382,6 +449,7 @@ def update_model(session: Session, ref: int | str, *, endpoint_url: str | None =
         if weights_path is not None:
             if not Path(weights_path).is_file():
                 raise RegistryError(f"weights: {weights_path}: no such file")
+            check_checkpoint(model.architecture, Path(weights_path), model.role)
             changes["weights_path"] = str(Path(weights_path).resolve())
     else:
         if weights_path is not None:
@@ -392,10 +460,12 @@ def update_model(session: Session, ref: int | str, *, endpoint_url: str | None =
             _check_budget(query_budget)
             changes["query_budget"] = query_budget
         if credential_name is not None:
-            changes["credential_name"] = credential_name.strip() or None
+            changes["credential_name"] = check_credential(credential_name)
         if adapter is not None or preset or embedding_dim is not None:
             changes["adapter"] = resolve_model_adapter(preset, adapter, embedding_dim,
                                                        current=model.adapter or {})
+        check_adapter_paths(changes.get("endpoint_url", model.endpoint_url or ""),
+                            changes.get("adapter", model.adapter or {}))
     out = []
     for name, value in changes.items():
         old = getattr(model, name)
@@ -414,6 +484,7 @@ def model_summary(session: Session, model: AuditedModel) -> dict[str, Any]:
     """Everything registered about a model, as JSON-ready data (``models show``, ``models
     list --json``): never a secret, only the credential's name. One place builds it, so
     other registrations of a model (image sets, references) add their key here."""
+    from audit_lib.encoders.endpoints import redact_endpoint
     from audit_lib.encoders.version import api_config_sha256
     from audit_lib.ownership.owner_data import image_sets_summary
 
@@ -423,7 +494,7 @@ def model_summary(session: Session, model: AuditedModel) -> dict[str, Any]:
         "id": model.id, "name": model.name, "kind": model.kind, "role": model.role,
         "capabilities": list(model.capabilities or []),
         "architecture": model.architecture, "weights_path": model.weights_path,
-        "endpoint_url": model.endpoint_url, "adapter": model.adapter,
+        "endpoint_url": redact_endpoint(model.endpoint_url), "adapter": model.adapter,
         "credential_name": model.credential_name, "query_budget": model.query_budget,
         "answering_config_sha256": (api_config_sha256(model.endpoint_url, model.adapter)
                                     if model.kind == "api" and model.endpoint_url else None),

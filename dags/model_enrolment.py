@@ -39,6 +39,10 @@ _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits i
             "first, the rest trained by the enrolment on the owner's public images")),
         "null_epochs": Param(3, type="integer", minimum=1,
                              description="SimCLR epochs of the independents the enrolment trains"),
+        "theft_train_size": Param(None, type=["null", "integer"], minimum=1, description=(
+            "registered data: the model's training-set size (theft budgets given as % need it)")),
+        "theft_image_size": Param(None, type=["null", "integer"], minimum=8, description=(
+            "registered data: the model's input size in pixels when its preprocessing does not state it")),
         "skip_steps": Param([], type="array", description='steps not to run this time, e.g. ["theft_risk"]'),
     },
 )

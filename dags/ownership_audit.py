@@ -14,6 +14,7 @@ from audit_lib.pipelines import (
     materialise,
     schedule_from_env,
 )
+from audit_lib.notifications import notify_audit_failure
 from audit_lib.pipelines.shared_tasks import mark_run_failed_task
 
 REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
@@ -24,7 +25,8 @@ REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
     schedule=schedule_from_env("ownership_audit", "@daily"),
     max_active_runs=1,
     tags=["encoder-audit", "ownership", "awencoder", "metav"],
-    **DAG_DEFAULTS,
+    **{**DAG_DEFAULTS, "default_args": {**DAG_DEFAULTS["default_args"],
+                                         "on_failure_callback": notify_audit_failure}},
     params={
         "model_ids": Param(None, type=["null", "array"], description="only these owned/suspect models"),
         "alpha": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=0.5,
@@ -159,9 +161,12 @@ def ownership_audit():
 
         from audit_lib.pipelines.summary import new_positive_cases
 
+        from audit_lib.notifications import notify_new_findings
+
         cases = new_positive_cases(summary["run_key"])
         if not cases:
             raise AirflowSkipException("no new positive findings: no report requested")
+        notify_new_findings(summary["run_key"], cases)  # DPO and legal; pseudonyms only
         return cases
 
     snapshot = registry_snapshot()

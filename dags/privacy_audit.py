@@ -14,6 +14,7 @@ from audit_lib.pipelines import (
     materialise,
     schedule_from_env,
 )
+from audit_lib.notifications import notify_audit_failure
 from audit_lib.pipelines.shared_tasks import mark_run_failed_task
 
 REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
@@ -24,7 +25,8 @@ REPORT_REQUESTS = Asset(**REPORT_REQUESTS_ASSET)
     schedule=schedule_from_env("privacy_audit", "@weekly"),
     max_active_runs=1,
     tags=["encoder-audit", "privacy", "idia", "encodermi"],
-    **DAG_DEFAULTS,
+    **{**DAG_DEFAULTS, "default_args": {**DAG_DEFAULTS["default_args"],
+                                         "on_failure_callback": notify_audit_failure}},
     params={
         "subject_ids": Param(None, type=["null", "array"], description="audit only these subjects"),
         "model_ids": Param(None, type=["null", "array"], description="audit only these models"),
@@ -131,7 +133,7 @@ def privacy_audit():
 
         run_key, params = current_run()
         with inputs_fail_fast():
-            return run_chunk("identity", pairs, run_key, params)
+            return run_chunk("idia", pairs, run_key, params)
 
     @task(**MODEL_TASK, **REMOTE_RETRIES, execution_timeout=timedelta(minutes=30), doc_md=(
         "EncoderMI for one subject's claimed images on one model: augmented-view similarity "
@@ -144,7 +146,7 @@ def privacy_audit():
 
         run_key, params = current_run()
         with inputs_fail_fast():
-            return run_chunk("membership", pairs, run_key, params)
+            return run_chunk("encoder_mi", pairs, run_key, params)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(minutes=5), doc_md=(
         "Counts the run's findings per method and decision, marks the audit run finished and "
@@ -165,9 +167,12 @@ def privacy_audit():
 
         from audit_lib.pipelines.summary import new_positive_cases
 
+        from audit_lib.notifications import notify_new_findings
+
         cases = new_positive_cases(summary["run_key"])
         if not cases:
             raise AirflowSkipException("no new positive findings: no report requested")
+        notify_new_findings(summary["run_key"], cases)  # DPO and legal; pseudonyms only
         return cases
 
     snapshot = registry_snapshot()

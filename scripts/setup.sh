@@ -30,6 +30,21 @@ if command -v pg_lsclusters >/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$ver" main start || log "could not start PostgreSQL"
   fi
 fi
+# Two roles: the owner runs the migrations (AUDIT_MIGRATION_DATABASE_URL) and retention;
+# the application role (AUDIT_DATABASE_URL) may insert evidence, findings and reports but
+# never change them (grants made by migration 0005). Idempotent; trust auth locally.
+if command -v psql >/dev/null; then
+  app_role=${AUDIT_APP_DB_ROLE:-encoder_audit_app}
+  psql -h 127.0.0.1 -U postgres -qtAc "SELECT 1" >/dev/null 2>&1 && psql -h 127.0.0.1 -U postgres -q <<SQL || log "could not create the database roles"
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'encoder_audit_owner') THEN
+    CREATE ROLE encoder_audit_owner LOGIN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${app_role}') THEN
+    CREATE ROLE "${app_role}" LOGIN; END IF;
+  ALTER ROLE "${app_role}" LOGIN;
+END \$\$;
+SQL
+fi
 
 # --- Python environment ------------------------------------------------------------------
 PY=${PYTHON:-python3.11}

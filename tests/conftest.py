@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Before anything imports airflow or open_clip: no hub, no example DAGs.
@@ -18,6 +21,33 @@ from audit_lib.config import PROJECT_ROOT, get_settings
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 FACES = SHARED_DATA / "faces" / "orl"
 PG_ADMIN_URL = os.environ.get("AUDIT_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+_HELD: dict[str, int] = {}
+
+
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the machine-wide lock ``var/locks/NAME.lock`` (re-entrant within a process) while
+    a session fixture fills a shared training cache, so two test workers (or two sessions)
+    never train the same artefact at once: the second waits, then loads it from the cache."""
+    if _HELD.get(name):
+        _HELD[name] += 1
+        try:
+            yield
+        finally:
+            _HELD[name] -= 1
+        return
+    folder = PROJECT_ROOT / "var" / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        _HELD[name] = 1
+        try:
+            yield
+        finally:
+            _HELD[name] = 0
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _pg_create(name: str) -> str:
@@ -65,9 +95,21 @@ def _clear(url: str) -> None:
     from audit_lib.store.db import get_engine
     from audit_lib.store.models import Base
 
+    # Wiping a test store is an owner's act past the append-only triggers (migrations 0003,
+    # 0005): PostgreSQL's replica role skips them; SQLite's are dropped and re-created.
     with get_engine(url).begin() as conn:
+        triggers: list[str] = []
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+        else:
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+            for name, sql in rows:
+                conn.execute(text(f'DROP TRIGGER "{name}"'))
+                triggers.append(sql)
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
+        for sql in triggers:
+            conn.execute(text(sql))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -51,12 +51,9 @@ def airflow_dags(dagbag) -> dict:
 def sqlite_db_url(sqlite_database_url, monkeypatch, tmp_path):
     """The ``db_url`` fixture's SQLite store alone (for checks that need no second backend)."""
     from audit_lib.config import get_settings
-    from audit_lib.store.db import get_engine
-    from audit_lib.store.models import Base
+    from tests.conftest import _clear
 
-    with get_engine(sqlite_database_url).begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
+    _clear(sqlite_database_url)
     monkeypatch.setenv("AUDIT_DATABASE_URL", sqlite_database_url)
     monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()

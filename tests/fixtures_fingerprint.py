@@ -52,10 +52,13 @@ def ci_suspect_zoo(fingerprint_reference):  # noqa: ANN201
     from audit_lib.encoders.architectures import build
     from audit_lib.zoo.suspects import build_suspect_zoo, get_profile
 
+    from tests.conftest import cache_lock
+
     arch, weights, independents = fingerprint_reference
     zoo_images, init_images = enrolment_images(build(arch).preprocess.image_size)
-    zoo = build_suspect_zoo(arch, weights, independents, zoo_images, FINGERPRINT_CACHE / "suspect-zoo",
-                            get_profile("ci"))
+    with cache_lock("fingerprint"):
+        zoo = build_suspect_zoo(arch, weights, independents, zoo_images, FINGERPRINT_CACHE / "suspect-zoo",
+                                get_profile("ci"))
     return zoo, init_images
 
 
@@ -65,6 +68,9 @@ def ci_fingerprint(ci_suspect_zoo):  # noqa: ANN201
     from audit_lib.methods.fingerprint import FingerprintConfig
     from audit_lib.ownership.fingerprint import train_or_load
 
+    from tests.conftest import cache_lock
+
     zoo, init_images = ci_suspect_zoo
     cfg = FingerprintConfig(n_fingerprints=CI_FINGERPRINTS, steps=CI_STEPS)
-    return train_or_load(zoo, init_images, cfg, FINGERPRINT_CACHE / "trained", alpha=0.01)
+    with cache_lock("fingerprint"):
+        return train_or_load(zoo, init_images, cfg, FINGERPRINT_CACHE / "trained", alpha=0.01)

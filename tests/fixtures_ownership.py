@@ -69,9 +69,12 @@ def independent_handles(ownership_data):
 def watermark_enrolment(ownership_data, target_handle, independent_handles):
     """The ci watermark enrolment of the zoo's SimCLR target (cached)."""
     from audit_lib.ownership.watermark import enrol_cached
+    from tests.conftest import cache_lock
 
-    return enrol_cached(target_handle, ownership_data.target.architecture, ownership_data, independent_handles,
-                        recipe=ci_watermark_recipe(), alpha=CI_ALPHA, cache_dir=OWNERSHIP_CACHE, progress=False)
+    with cache_lock("ownership-cache"):
+        return enrol_cached(target_handle, ownership_data.target.architecture, ownership_data, independent_handles,
+                            recipe=ci_watermark_recipe(), alpha=CI_ALPHA, cache_dir=OWNERSHIP_CACHE,
+                            progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -86,25 +89,34 @@ def marked_handle(watermark_enrolment):
 
 def steal_over_http(handle, surrogate: np.ndarray, recipe, *, defences: dict | None = None, tag: str):  # noqa: ANN001, ANN201
     """Steal ``handle`` through the real reference server (one API key, optional defences),
-    caching the trained copy under var/ownership-cache by a hash of its inputs."""
-    from audit_lib.encoders.architectures import build
-    from audit_lib.encoders.loading import load_into, read_state_dict
-    from audit_lib.encoders.local import LocalEncoder
-    from audit_lib.encoders.remote import RemoteEncoder
+    caching the trained copy under var/ownership-cache by a hash of its inputs (under a
+    lock, so parallel test workers train each copy once)."""
     from audit_lib.evidence import canonical_json, sha256_hex
-    from audit_lib.methods.theft import StolenCopy, steal_encoder
-    from audit_lib.server.testing import running_server
-    from audit_lib.zoo.train import save_checkpoint
+    from tests.conftest import cache_lock
 
     key = sha256_hex(canonical_json({"v": 1, "target": handle.model_version, "recipe": recipe.as_dict(),
                                      "surrogate": sha256_hex(surrogate.tobytes()), "defences": defences or {}}))
     path = OWNERSHIP_CACHE / f"stolen-{tag}-{key[:16]}.safetensors"
+    with cache_lock(f"stolen-{tag}"):
+        return _steal_cached(handle, surrogate, recipe, defences, path, key)
+
+
+def _steal_cached(handle, surrogate: np.ndarray, recipe, defences: dict | None, path: Path, key: str):  # noqa: ANN001, ANN201
+    """``steal_over_http``'s body, under its cache lock."""
+    from audit_lib.encoders.architectures import build
+    from audit_lib.encoders.loading import load_into, read_state_dict
+    from audit_lib.encoders.local import LocalEncoder
+    from audit_lib.encoders.remote import RemoteEncoder
+    from audit_lib.methods.theft import StolenCopy, steal_encoder
+    from audit_lib.server.testing import running_server
+    from audit_lib.zoo.train import save_checkpoint
+
     if path.is_file():
         net = build(recipe.architecture)
         load_into(net.module, read_state_dict(path), str(path))
         net.module.eval()
         return LocalEncoder.from_network(net, key), None
-    api_key, env = "sk-ownership-test", "AUDIT_TEST_THEFT_KEY"
+    api_key, env = "sk-ownership-test", "AUDIT_CRED_TEST_THEFT"
     os.environ[env] = api_key
     try:
         with running_server(encoder=handle, keys={api_key: {"name": "attacker", "defences": defences or {}}}) as url:

@@ -24,6 +24,24 @@ from audit_lib.findings import FindingResult
 from audit_lib.store.models import AuditedModel, DataSubject, EvidenceItem, ModelVersion
 
 
+@contextmanager
+def bypass_append_only(session: Session) -> Iterator[None]:
+    """Inside the block the append-only triggers (migrations 0003, 0005) do not fire, as for
+    a database superuser wiping or tampering: PostgreSQL's replica role; SQLite's triggers
+    are dropped and re-created after."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL session_replication_role = replica"))
+        yield
+        session.execute(text("SET LOCAL session_replication_role = origin"))
+        return
+    saved = session.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+    for name, _sql in saved:
+        session.execute(text(f'DROP TRIGGER "{name}"'))
+    yield
+    for _name, sql in saved:
+        session.execute(text(sql))
+
+
 def force_update_evidence(session: Session, item_id: int, **values: object) -> None:
     """Change an evidence row as an attacker with database superuser rights could: past
     the append-only trigger (PostgreSQL: replica role; SQLite: drop and re-create it)."""
@@ -390,15 +408,18 @@ def make_ownership_findings(manifest, db_url: str, out_dir: Path) -> OwnershipCa
     from tests.fixtures_ownership import OWNERSHIP_CACHE
     from tests.fixtures_zoo import ZOO_CACHE
 
+    from tests.conftest import cache_lock
+
     runs = ["ownership-zoo-watermark", "ownership-zoo-theft"]
     owner = register_ownership(manifest, db_url=db_url)["acme-encoder"]
-    enrolled = workflows.enrol_watermark_model(
-        owner, recipe=zoo_watermark_recipe(), alpha=0.05, zoo_cache=ZOO_CACHE, cache_dir=OWNERSHIP_CACHE,
-        downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, progress=False, database_url=db_url)
+    with cache_lock("ownership-cache"):  # the watermark training is shared with other workers' fixtures
+        enrolled = workflows.enrol_watermark_model(
+            owner, recipe=zoo_watermark_recipe(), alpha=0.05, zoo_cache=ZOO_CACHE, cache_dir=OWNERSHIP_CACHE,
+            downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, progress=False, database_url=db_url)
     leaked = register_copy("leaked-encoder", enrolled.marked_model_id, db_url=db_url)
     workflows.verify_watermark_suspect(enrolled.marked_model_id, leaked, run_key=runs[0], zoo_cache=ZOO_CACHE,
                                        database_url=db_url)
-    run_theft_risk(enrolled.marked_model_id, budgets="25%", reference_budget="25%",
+    run_theft_risk(enrolled.marked_model_id, budgets="25%", reference_budget="25%", data="zoo",
                    recipe=StealRecipe(epochs=ZOO_THEFT_EPOCHS, lr=0.05),
                    downstream_per_class=ZOO_DOWNSTREAM_PER_CLASS, zoo_cache=ZOO_CACHE, out_dir=out_dir,
                    run_key=runs[1], progress=False, database_url=db_url)

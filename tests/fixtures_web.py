@@ -30,12 +30,10 @@ def csrf_from(html: str) -> str:
 
 
 def clear_store(url: str) -> None:
-    from audit_lib.store.db import get_engine
-    from audit_lib.store.models import Base
+    """Empty every table (past the append-only triggers: see ``tests.conftest._clear``)."""
+    from tests.conftest import _clear
 
-    with get_engine(url).begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
+    _clear(url)
 
 
 @lru_cache(maxsize=4)
@@ -69,6 +67,20 @@ def web_store(sqlite_database_url, monkeypatch, tmp_path) -> Iterator[str]:
     get_settings.cache_clear()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def web_db(request, monkeypatch, tmp_path) -> Iterator[str]:
+    """As ``web_store``, on SQLite and on PostgreSQL in turn."""
+    url = request.getfixturevalue("sqlite_database_url" if request.param == "sqlite"
+                                  else "pg_database_url")
+    clear_store(url)
+    monkeypatch.setenv("AUDIT_DATABASE_URL", url)
+    monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    add_web_users(url)
+    yield url
+    get_settings.cache_clear()
+
+
 @dataclass
 class WebClient:
     """A TestClient with sign-in helpers."""
@@ -87,7 +99,9 @@ class WebClient:
         return csrf_from(self.client.get(path).text)
 
 
-def make_client(tmp_path: Path, **settings_overrides: object) -> WebClient:
+def make_client(tmp_path: Path, raise_server_exceptions: bool = True,
+                peer: tuple[str, int] = ("testclient", 50000), **settings_overrides: object) -> WebClient:
+    """A client of a fresh app; ``peer`` is the address the app sees the client at."""
     from fastapi.testclient import TestClient
 
     from audit_lib.web.app import create_app
@@ -96,7 +110,8 @@ def make_client(tmp_path: Path, **settings_overrides: object) -> WebClient:
     reports = tmp_path / "reports"
     reports.mkdir(exist_ok=True)
     settings = WebSettings(secret_key=TEST_SECRET, reports_dir=reports, **settings_overrides)
-    return WebClient(TestClient(create_app(settings)), reports)
+    return WebClient(TestClient(create_app(settings), raise_server_exceptions=raise_server_exceptions,
+                                client=peer), reports)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tests.fixtures_airflow import register_small_registry
 pytest.importorskip("airflow.providers.celery", reason="the Celery provider is not installed")
 pytest.importorskip("audit_lib.methods.membership_inference", reason="EncoderMI is not in this build")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("celery-redis")]  # one Redis db: one worker
 REDIS_DB = 13
 DAG_IDS = ("privacy_audit", "ownership_audit", "model_enrolment", "evidence_reports")
 

@@ -115,3 +115,24 @@ def test_docker_compose_config_validates(tmp_path):
     proc = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
                           capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_web_app_is_served_only_behind_tls(compose):
+    services = compose["services"]
+    web, tls = services["web"], services["web-tls"]
+    assert "ports" not in web, "the web app's plain-HTTP port must not be published"
+    env = _env(web)
+    assert env["AUDIT_WEB_COOKIE_SECURE"] in ("1", "true", True)
+    assert tls["image"].startswith("caddy:")
+    assert [p.split(":")[-1] for p in tls["ports"]] == ["443"]
+    cmd = _cmd(tls)
+    assert "reverse-proxy" in cmd and "--to web:8080" in cmd and ":443" in cmd
+    # forwarded headers are believed from the proxy's network only, and it is the only
+    # network the proxy is on
+    from audit_lib.web.settings import WebSettings
+
+    trusted = WebSettings(trusted_proxies=env["AUDIT_WEB_TRUSTED_PROXIES"]).trusted_proxy_networks
+    subnet = compose["networks"]["web-edge"]["ipam"]["config"][0]["subnet"]
+    assert [str(n) for n in trusted] == [subnet]
+    assert tls["networks"] == ["web-edge"] and "web-edge" in web["networks"]
+    assert "https://" in COMPOSE.read_text().split("x-airflow-common")[0]

@@ -15,12 +15,13 @@ from audit_lib.airflow_env import DAGS_FOLDER
 
 pytest.importorskip("airflow", reason="apache-airflow is not installed")
 
-DAG_IDS = {"privacy_audit", "ownership_audit", "model_enrolment", "evidence_reports"}
+DAG_IDS = {"privacy_audit", "ownership_audit", "model_enrolment", "evidence_reports", "retention"}
 MODEL_TASKS = {
     "privacy_audit": {"check_model_version", "calibrate_null", "identity_inference", "membership_inference"},
     "ownership_audit": {"check_model_version", "watermark_check", "fingerprint_check", "theft_risk"},
     "model_enrolment": {"watermark", "zoo", "fingerprint", "calibration", "theft_risk"},
     "evidence_reports": set(),
+    "retention": set(),
 }
 # Airflow itself imports SQLAlchemy; our DAG files must not reach the store, models or PDFs.
 HEAVY = ("torch", "open_clip", "torchvision", "weasyprint", "matplotlib", "audit_lib.store",

@@ -21,8 +21,8 @@ FAST = {"backoff_base_s": 0.05, "max_retries": 3, "timeout": 5.0}
 
 
 def remote(url: str, monkeypatch, key: str = KEY, **kw) -> RemoteEncoder:
-    monkeypatch.setenv("ENC_TEST_KEY", key)
-    return RemoteEncoder(url, None, "ENC_TEST_KEY", embedding_dim=128, **{**FAST, **kw})
+    monkeypatch.setenv("AUDIT_CRED_ENC_TEST", key)
+    return RemoteEncoder(url, None, "AUDIT_CRED_ENC_TEST", embedding_dim=128, **{**FAST, **kw})
 
 
 def register_api(db_url: str, url: str) -> int:
@@ -31,7 +31,7 @@ def register_api(db_url: str, url: str) -> int:
     with session_scope(db_url) as s:
         return registry.add_model(s, name="third-party-api", kind="api", role="suspect",
                                   capabilities="image", endpoint_url=url,
-                                  credential_name="ENC_TEST_KEY").id
+                                  credential_name="AUDIT_CRED_ENC_TEST").id
 
 
 def test_success_matches_local_model(reference_server, small_cnn_weights, png_images, monkeypatch):
@@ -51,8 +51,8 @@ def test_success_matches_local_model(reference_server, small_cnn_weights, png_im
 
 def test_learns_dimension_from_info_and_batches(reference_server, png_images, monkeypatch):
     with reference_server({KEY: {}}) as url:
-        monkeypatch.setenv("ENC_TEST_KEY", KEY)
-        enc = RemoteEncoder(url, {"max_batch": 10}, "ENC_TEST_KEY", **FAST)
+        monkeypatch.setenv("AUDIT_CRED_ENC_TEST", KEY)
+        enc = RemoteEncoder(url, {"max_batch": 10}, "AUDIT_CRED_ENC_TEST", **FAST)
         assert enc.embedding_dim == 128
         assert enc.encode_images(png_images).shape == (24, 128)
         assert url.stats.embed_requests == 3  # 10 + 10 + 4
@@ -61,7 +61,7 @@ def test_learns_dimension_from_info_and_batches(reference_server, png_images, mo
 def test_cache_hit_sends_no_request(db_url, reference_server, png_images, monkeypatch):
     with reference_server({KEY: {}}) as url:
         model_id = register_api(db_url, url)
-        monkeypatch.setenv("ENC_TEST_KEY", KEY)
+        monkeypatch.setenv("AUDIT_CRED_ENC_TEST", KEY)
         h1 = StoreBackedHandle(remote(url, monkeypatch), db_url=db_url, model_id=model_id, run_key="run-1")
         first = h1.encode_images(png_images[:10])
         assert h1.misses == 10 and h1.hits == 0
@@ -181,7 +181,7 @@ def test_bad_api_key_never_leaks(reference_server, png_images, monkeypatch, capl
     caplog.set_level(logging.DEBUG)
     with reference_server({KEY: {}}) as url:
         enc = remote(url, monkeypatch, key=wrong)
-        with pytest.raises(CredentialError, match="HTTP 401, the API refused the credential 'ENC_TEST_KEY'") as err:
+        with pytest.raises(CredentialError, match="HTTP 401, the API refused the credential 'AUDIT_CRED_ENC_TEST'") as err:
             enc.encode_images(png_images[:2])
         assert url.stats.as_dict()["requests"] == {"auth 401": 1}
     import traceback
@@ -189,10 +189,10 @@ def test_bad_api_key_never_leaks(reference_server, png_images, monkeypatch, capl
     text = f"{err.value!s} {err.value!r} " + "".join(traceback.format_exception(err.value))
     assert wrong not in text and wrong not in caplog.text and wrong not in repr(enc.__dict__)
     assert KEY not in caplog.text
-    monkeypatch.delenv("ENC_TEST_KEY")
+    monkeypatch.delenv("AUDIT_CRED_ENC_TEST")
     monkeypatch.delenv("AIRFLOW_HOME", raising=False)
-    enc = RemoteEncoder("http://127.0.0.1:9", None, "ENC_TEST_KEY", embedding_dim=128, **FAST)
-    with pytest.raises(CredentialError, match="credential 'ENC_TEST_KEY': no environment variable"):
+    enc = RemoteEncoder("http://127.0.0.1:9", None, "AUDIT_CRED_ENC_TEST", embedding_dim=128, **FAST)
+    with pytest.raises(CredentialError, match="credential 'AUDIT_CRED_ENC_TEST': no environment variable"):
         enc.encode_images(png_images[:1])
 
 
@@ -284,8 +284,8 @@ def test_credential_from_airflow_connection(monkeypatch, tmp_path):
     """A credential name that is no environment variable is read from an Airflow Connection."""
     from audit_lib.encoders.remote import resolve_credential
 
-    monkeypatch.delenv("enc_api", raising=False)
+    monkeypatch.delenv("AUDIT_CRED_ENC_API", raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    monkeypatch.setenv("AIRFLOW_CONN_ENC_API", '{"conn_type": "http", "password": "pw-from-airflow"}')
-    secret = resolve_credential("enc_api")
+    monkeypatch.setenv("AIRFLOW_CONN_AUDIT_CRED_ENC_API", '{"conn_type": "http", "password": "pw-from-airflow"}')
+    secret = resolve_credential("AUDIT_CRED_ENC_API")
     assert secret.value == "pw-from-airflow" and "pw-from-airflow" not in repr(secret)

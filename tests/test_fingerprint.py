@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from audit_lib import stats
+from audit_lib.embedding import embed_pngs
+from audit_lib.imaging import png_batch
 from audit_lib.methods import fingerprint as fp
 from tests.fixtures_fingerprint import CI_FINGERPRINTS, FINGERPRINT_CACHE, tiny_network
 
@@ -40,7 +42,7 @@ def test_quantisation_is_straight_through_and_matches_png():
     q.sum().backward()
     assert torch.allclose(x.grad, torch.ones_like(x))  # identity gradient
     u8 = (q.detach() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    pngs = fp.png_bytes(u8)
+    pngs = png_batch(u8)
     back = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in pngs])
     assert np.array_equal(back, u8)  # PNG is lossless: the suspect sees exactly these pixels
 
@@ -210,7 +212,7 @@ def test_enrolment_artefact_round_trip_and_tamper_check(db_url, tmp_path):
     assert back.commitment_sha256 == art.commitment_sha256
     assert np.array_equal(back.images, enrolment.images)
     assert back.calibration == enrolment.calibration
-    emb = fp.embed_pngs_local(owned, back.pngs())
+    emb = embed_pngs(owned, back.pngs())
     assert fp.verifier_logit(back.verifier(), emb) == pytest.approx(fp.verifier_logit(enrolment.verifier(), emb),
                                                                     abs=1e-5)
     from audit_lib.ownership.fingerprint import write_figures

@@ -286,7 +286,7 @@ def test_idia_end_to_end_through_the_reference_server(ci_zoo, db_url, monkeypatc
 
     entry = ci_zoo.entry("tiny-clip")
     people = _people(ci_zoo)
-    monkeypatch.setenv("IDIA_TEST_KEY", "sk-idia-test")
+    monkeypatch.setenv("AUDIT_CRED_IDIA_TEST", "sk-idia-test")
     with running_server(entry.architecture, entry.weights_path, keys={"sk-idia-test": {}}) as url:
         from audit_lib import registry
         from audit_lib.store import session_scope
@@ -294,7 +294,7 @@ def test_idia_end_to_end_through_the_reference_server(ci_zoo, db_url, monkeypatc
         with session_scope(db_url) as s:
             model_id = registry.add_model(s, name="clip-api", kind="api", role="suspect",
                                           capabilities="image,text", endpoint_url=url,
-                                          adapter={"max_batch": 256}, credential_name="IDIA_TEST_KEY").id
+                                          adapter={"max_batch": 256}, credential_name="AUDIT_CRED_IDIA_TEST").id
         h = _open(db_url, model_id, "idia-remote")
         member, nonmember = _audit(h, people["s12"]), _audit(h, people["s31"])
         assert url.stats.embed_requests > 0

@@ -256,7 +256,7 @@ def test_encodermi_end_to_end_through_the_reference_server(ci_zoo, zoo_mi, db_ur
 
     split, clfs = zoo_mi
     target = ci_zoo.by_role("membership-target")[0]
-    monkeypatch.setenv("MI_TEST_KEY", "sk-mi-test")
+    monkeypatch.setenv("AUDIT_CRED_MI_TEST", "sk-mi-test")
     with running_server(target.architecture, target.weights_path, keys={"sk-mi-test": {}}) as url:
         from audit_lib import registry
         from audit_lib.store import session_scope
@@ -264,7 +264,7 @@ def test_encodermi_end_to_end_through_the_reference_server(ci_zoo, zoo_mi, db_ur
         with session_scope(db_url) as s:
             model_id = registry.add_model(s, name="simclr-api", kind="api", role="suspect",
                                           capabilities="image", endpoint_url=url, adapter={"max_batch": 256},
-                                          credential_name="MI_TEST_KEY").id
+                                          credential_name="AUDIT_CRED_MI_TEST").id
         h = _open(db_url, model_id, "mi-remote")
         pos = run_encodermi(h, split.members[:20], split.references, rule="T", classifier=clfs["T"])
         negs = [run_encodermi(h, split.test_nonmembers[i:i + 20], split.references, rule="T",

@@ -19,7 +19,7 @@ from audit_lib.store.models import (AuditedModel, AuditRun, EvidenceItem, Findin
 
 runner = CliRunner()
 KEY = "sk-models-cli-9Zq-secret"
-CRED = "MODELS_CLI_KEY"
+CRED = "AUDIT_CRED_MODELS_CLI"
 
 
 def _counts(url: str) -> dict[str, int]:
@@ -158,12 +158,12 @@ def test_probe_bad_input_exits_2_before_any_query(db_url, reference_server, monk
 
 def test_update_new_version_only_when_what_answers_changes(db_url, reference_server, monkeypatch):
     monkeypatch.setenv(CRED, KEY)
-    monkeypatch.setenv("OTHER_KEY", KEY)
+    monkeypatch.setenv("AUDIT_CRED_OTHER", KEY)
     with reference_server({KEY: {}}) as url_a, reference_server({KEY: {}}) as url_b:
         assert _add_api("vendor", url_a).exit_code == 0
         v1 = _audit_version(db_url, "vendor")
         assert _audit_version(db_url, "vendor") == v1
-        r = runner.invoke(app, ["models", "update", "vendor", "--budget", "500", "--credential", "OTHER_KEY"])
+        r = runner.invoke(app, ["models", "update", "vendor", "--budget", "500", "--credential", "AUDIT_CRED_OTHER"])
         assert r.exit_code == 0, r.output
         assert "query_budget: None -> 500" in r.output and "new model version" not in r.output
         assert _audit_version(db_url, "vendor") == v1  # budget and credential: same version
@@ -189,7 +189,7 @@ def test_update_new_version_only_when_what_answers_changes(db_url, reference_ser
     assert _versions(db_url, "vendor") == sorted([v1, v2, v3])
     with session_scope(db_url) as s:
         assert registry.get_model(s, "vendor").endpoint_url == url_a
-        assert registry.get_model(s, "vendor").credential_name == "OTHER_KEY"
+        assert registry.get_model(s, "vendor").credential_name == "AUDIT_CRED_OTHER"
 
 
 def test_legacy_version_row_adopted_then_config_change_detected(db_url, reference_server, monkeypatch):

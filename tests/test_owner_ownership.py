@@ -27,10 +27,11 @@ pytest.importorskip("torch")
 from audit_lib.config import PROJECT_ROOT  # noqa: E402
 
 CASE_CACHE = PROJECT_ROOT / "var" / "ownership-cache" / "owner-case"
+pytestmark = pytest.mark.xdist_group("owner-case")  # module caches: trained by one worker
 ARCH = "small_cnn:small-cnn-32"
 ALPHA = 0.05  # a small null: rank p floors at 1/(K + 1); the findings say when the t tail decides
-API_KEY_ENV = "AUDIT_TEST_OWNER_API_KEY"
-OWNED_API_KEY_ENV = "AUDIT_TEST_OWNED_API_KEY"
+API_KEY_ENV = "AUDIT_CRED_TEST_OWNER"
+OWNED_API_KEY_ENV = "AUDIT_CRED_TEST_OWNED"
 N_OWNED_TRAIN, N_OWNER, N_PUBLIC, N_INDEPENDENT, PER_CLASS = 512, 256, 400, 800, 20
 # The model_enrolment DAG's defaults for these (the DAG test reuses the trained caches).
 WM_STEPS, WM_CONTROLS, N_FP, FP_STEPS, NULL_MIN, DOWNSTREAM_PER_CLASS = 60, 39, 16, 60, 3, 30

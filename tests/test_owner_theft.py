@@ -11,18 +11,18 @@ registers that as an API. Then `steal --target <the API>` runs end to end.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from audit_lib.bench.theft import ReshapingProxy
 from audit_lib.config import PROJECT_ROOT
 
 torch = pytest.importorskip("torch")
 
 CACHE = PROJECT_ROOT / "var" / "ownership-cache"
+pytestmark = pytest.mark.xdist_group("owner-case")  # module caches: trained by one worker
 ARCH = "small_cnn:small-cnn-32"
 CLASSES = (0, 1, 6, 9)  # airplane, automobile, frog, truck
 PER_CLASS = 24  # downstream images per class (12 train, 12 test)
@@ -30,7 +30,7 @@ N_OWNER, N_PUBLIC = 256, 160
 BUDGETS, REF_BUDGET = "64,128", "128"
 STEAL_EPOCHS = 8
 QUERY_BUDGET = 300  # the API's budget per run: 8 canaries + 96 downstream + 128 surrogate fit
-API_KEY_ENV = "ACME_EMBED_KEY"
+API_KEY_ENV = "AUDIT_CRED_ACME_EMBED"
 API_KEY = "sk-acme-owner-test-5f1e"
 
 
@@ -53,64 +53,11 @@ def _train(images: np.ndarray, seed: int, epochs: int) -> Path:
 
 
 def _write(folder: Path, images: np.ndarray, prefix: str = "img") -> None:
-    from audit_lib.methods.theft import png_bytes
+    from audit_lib.imaging import png_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         (folder / f"{prefix}-{i:04d}.png").write_bytes(png_bytes(im))
-
-
-class ReshapingProxy:
-    """The owner's API: POST /api/v2/vectors {"payload": {"pictures": [{"png": B64}]}} ->
-    {"result": {"items": [{"vector": [...]}]}}, answered by the reference server behind it
-    (the credential is passed through). Counts the inputs it forwarded."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.inputs = 0
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> ReshapingProxy:
-        import httpx
-
-        proxy = self
-        client = httpx.Client(timeout=120)
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # noqa: ANN002, ANN202 - quiet
-                pass
-
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                if self.path != "/api/v2/vectors":
-                    return self._send(404, b'{"error": "no such route"}')
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                pictures = [p["png"] for p in body["payload"]["pictures"]]
-                r = client.post(f"{proxy.upstream}/v1/embed/images", json={"images": pictures},
-                                headers={"Authorization": self.headers.get("Authorization", "")})
-                if r.status_code != 200:
-                    return self._send(r.status_code, r.content)
-                with proxy._lock:
-                    proxy.inputs += len(pictures)
-                items = [{"vector": v} for v in r.json()["embeddings"]]
-                return self._send(200, json.dumps({"result": {"items": items}}).encode())
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._client = client
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._client.close()
 
 
 def _cli(*args: str):  # noqa: ANN202 - click Result
@@ -350,3 +297,79 @@ def test_bad_theft_input_is_refused_before_any_query(world, api_theft):
         assert words in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert world["proxy"].inputs == sent  # nothing reached the API
     assert _counts() == before  # no run, no evidence, no finding, no model version
+
+
+# --- the zoo fallback and the enrolment step's theft parameters (no training) ----------------
+
+def _tiny_owned(root: Path, name: str, *, with_data: bool):  # noqa: ANN202 - the model id
+    """A registered owned small_cnn checkpoint (random weights) and, optionally, tiny
+    registered public and downstream sets (5 public images, 2 classes of 4)."""
+    from audit_lib import registry
+    from audit_lib.encoders.architectures import build
+    from audit_lib.encoders.loading import save_weights
+    from audit_lib.ownership.owner_data import add_model_data
+    from audit_lib.store import session_scope
+
+    rng = np.random.default_rng(3)
+    weights = root / f"{name}.safetensors"
+    save_weights(build(ARCH).module, weights)
+    with session_scope() as s:
+        model = registry.add_model(s, name=name, kind="checkpoint", role="owned", capabilities="image",
+                                   architecture=ARCH, weights_path=weights)
+        if with_data:
+            _write(root / "public", rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+            for c in ("cat", "dog"):
+                _write(root / "downstream" / c, rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), prefix=c)
+            add_model_data(s, model, public=root / "public", downstream=root / "downstream")
+        return model.id, weights
+
+
+def test_auto_data_falls_back_to_the_zoo_only_for_zoo_entries(sqlite_db_url, tmp_path):
+    """`steal --data auto` on a checkpoint that is not a zoo entry and has no registered data
+    is refused, naming `models data add`, before any query; the same weights listed in a zoo
+    manifest count as a zoo entry (by path and by sha256)."""
+    from dataclasses import replace
+
+    from audit_lib.encoders.loading import file_sha256
+    from audit_lib.ownership.theft import is_zoo_checkpoint
+    from audit_lib.store.models import AuditedModel
+    from audit_lib.zoo.manifest import ZooEntry, ZooManifest
+
+    _, weights = _tiny_owned(tmp_path, "own-encoder", with_data=False)
+    other = tmp_path / "zoo-entry.safetensors"
+    other.write_bytes(b"not the owner's weights")
+    entry = ZooEntry(name="simclr-target", role="target", architecture=ARCH, weights_path=str(other),
+                     sha256=file_sha256(other), config_hash="x", capabilities=["image"], seed=0, recipe={},
+                     splits={})
+    (tmp_path / "zoo" / "ci").mkdir(parents=True)
+    ZooManifest("ci", str(tmp_path / "zoo" / "ci"), "cpu", {}, {}, [entry]).save(tmp_path / "zoo" / "ci" /
+                                                                                 "manifest.json")
+    before = _counts()
+    res = _cli("steal", "--target", "own-encoder", "--budgets", "2", "--reference-budget", "2",
+               "--zoo-cache", str(tmp_path / "zoo"))
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "not a reference-zoo entry" in res.output and "models data add --model own-encoder" in res.output
+    assert _counts() == before
+    owned = AuditedModel(name="own", kind="checkpoint", role="owned", architecture=ARCH, weights_path=str(weights))
+    manifest = ZooManifest("ci", "", "cpu", {}, {}, [entry])
+    assert not is_zoo_checkpoint(owned, manifest)
+    assert is_zoo_checkpoint(owned, ZooManifest("ci", "", "cpu", {}, {}, [replace(entry, weights_path=str(weights))]))
+    assert is_zoo_checkpoint(owned, ZooManifest("ci", "", "cpu", {}, {}, [replace(entry, sha256=file_sha256(weights))]))
+    api = AuditedModel(name="api", kind="api", role="owned", endpoint_url="http://127.0.0.1:9")
+    assert not is_zoo_checkpoint(api, manifest)
+
+
+def test_enrolment_theft_step_takes_the_training_set_size_from_the_conf(sqlite_db_url, tmp_path):
+    """The model_enrolment DAG's theft step on a model with registered data: budgets given as
+    shares need `theft_train_size`; given, it reaches the plan (10% of 100,000 is more than the
+    5 public images: refused before any query)."""
+    from audit_lib.pipelines.enrolment import run_step
+
+    model_id, _ = _tiny_owned(tmp_path, "own-enc", with_data=True)
+    before = _counts()
+    with pytest.raises(ValueError, match="needs its size"):
+        run_step("theft_risk", model_id, "enrol-test", {"theft_budgets": "10%"})
+    with pytest.raises(ValueError, match="10000 queries exceeds the 5 public"):
+        run_step("theft_risk", model_id, "enrol-test", {"theft_budgets": "10%", "theft_train_size": 100_000,
+                                                          "theft_image_size": 32})
+    assert _counts() == before

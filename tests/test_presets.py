@@ -28,9 +28,9 @@ def cnn(small_cnn_weights):
 
 def _client(url, preset: str, monkeypatch, *, key: str = KEY, over: dict | None = None,
             caps=("image",), dim: int = DIM, **kw) -> RemoteEncoder:
-    monkeypatch.setenv("VENDOR_TEST_KEY", key)
+    monkeypatch.setenv("AUDIT_CRED_VENDOR_TEST", key)
     adapter = resolve_adapter(preset, {"embedding_dim": dim, **(over or {})})
-    return RemoteEncoder(url.endpoint, adapter.to_json(), "VENDOR_TEST_KEY", capabilities=caps,
+    return RemoteEncoder(url.endpoint, adapter.to_json(), "AUDIT_CRED_VENDOR_TEST", capabilities=caps,
                          **{**FAST, **kw})
 
 
@@ -64,7 +64,7 @@ def test_wrong_key_is_a_credential_error_and_never_shown(vendor, cnn, png_images
     caplog.set_level(logging.DEBUG)
     with vendor_stub(vendor, cnn, KEY) as url:
         enc = _client(url, vendor, monkeypatch, key=wrong)
-        with pytest.raises(CredentialError, match="the API refused the credential 'VENDOR_TEST_KEY'") as err:
+        with pytest.raises(CredentialError, match="the API refused the credential 'AUDIT_CRED_VENDOR_TEST'") as err:
             enc.encode_images(png_images[:1])
         assert url.stats.requests == 1 and 200 not in url.stats.statuses
     text = f"{err.value!s} {err.value!r} " + "".join(traceback.format_exception(err.value))
@@ -158,7 +158,7 @@ def test_privacy_audit_through_a_vendor_stub(vendor, key_in, db_url, cnn, png_im
     claimed = [check_image_bytes(b, f"claimed-{i}.png", **limits) for i, b in enumerate(png_images[:3])]
     photo = check_image_bytes(png_images[23], "photo.png", **limits)
     references = png_images[3:13]
-    monkeypatch.setenv("VENDOR_TEST_KEY", KEY)
+    monkeypatch.setenv("AUDIT_CRED_VENDOR_TEST", KEY)
     with vendor_stub(vendor, cnn, KEY, key_in=key_in) as url:
         adapter = resolve_adapter(vendor, {"embedding_dim": DIM, **(_query_key(vendor) if key_in == "query" else {})})
         with session_scope(db_url) as s:
@@ -166,7 +166,7 @@ def test_privacy_audit_through_a_vendor_stub(vendor, key_in, db_url, cnn, png_im
                                               photos=[photo], claimed=claimed).id
             registry.add_model(s, name=f"{vendor}-api", kind="api", role="suspect", capabilities="image",
                                endpoint_url=url.endpoint, adapter=adapter.to_json(),
-                               credential_name="VENDOR_TEST_KEY")
+                               credential_name="AUDIT_CRED_VENDOR_TEST")
         write_reference_nonmembers(f"{vendor}-api", [(f"ref-{i}.png", b) for i, b in enumerate(references)],
                                    db_url=db_url)
         result = audit_pair(subject_id, f"{vendor}-api", run_key=f"privacy-{vendor}", n_views=2, db_url=db_url)

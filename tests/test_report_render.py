@@ -138,3 +138,47 @@ def test_missing_optional_details_still_render(db_url, tmp_path):
     with session_scope(db_url) as s:
         path = render_report(s, f"subject:{sid}", tmp_path)
     assert "Identity inference" in pdf_text(path)
+
+
+def test_a_case_id_is_never_reused_and_no_file_is_overwritten(db_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from audit_lib.cli import app
+    from tests.fixtures_reports import add_model_version, watermark_result
+
+    with session_scope(db_url) as s:
+        mv = add_model_version(s, "suspect-reuse")
+        make_case_findings(s, "reuse_run", "ownership", [(watermark_result(), f"suspect:{mv.model_id}", mv.id, None)],
+                           n_queries=2)
+    runner = CliRunner()
+    render = ["report", "render", "--case", "run:reuse_run", "--out", str(tmp_path), "--case-id", "EA-fixed-1"]
+    first = runner.invoke(app, render)
+    assert first.exit_code == 0, first.output
+    pdf = tmp_path / "EA-fixed-1.pdf"
+    before = pdf.read_bytes()
+    with session_scope(db_url) as s:
+        row = s.scalar(select(Report).where(Report.case_id == "EA-fixed-1"))
+        row_before = (row.id, row.sha256, row.path)
+    again = runner.invoke(app, render)  # a second report under the same id: refused, one line
+    assert again.exit_code == 2, again.output
+    assert "already used by another report" in again.output and "Traceback" not in again.output
+    assert pdf.read_bytes() == before
+    with session_scope(db_url) as s:
+        rows = s.scalars(select(Report).where(Report.case_id == "EA-fixed-1")).all()
+        assert [(r.id, r.sha256, r.path) for r in rows] == [row_before]
+    # a file already in the way (not a report of the store) is not overwritten either
+    squatter = tmp_path / "EA-fixed-2.pdf"
+    squatter.write_bytes(b"not ours")
+    third = runner.invoke(app, render[:-1] + ["EA-fixed-2"])
+    assert third.exit_code == 2 and "never overwritten" in third.output, third.output
+    assert squatter.read_bytes() == b"not ours"
+    with session_scope(db_url) as s:
+        assert s.scalar(select(Report).where(Report.case_id == "EA-fixed-2")) is None
+    # two generated ids in the same second differ
+    with session_scope(db_url) as s:
+        from datetime import datetime, timezone
+
+        when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        a = render_report(s, "run:reuse_run", tmp_path, now=when)
+        b = render_report(s, "run:reuse_run", tmp_path, now=when)
+    assert a != b and a.exists() and b.exists() and b.stem == a.stem + "-2"

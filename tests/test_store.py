@@ -12,7 +12,7 @@ from audit_lib.store.models import Base
 
 TABLES = {"data_subjects", "subject_images", "image_blobs", "models", "model_versions",
           "enrolment_artefacts", "audit_runs", "findings", "evidence_items", "query_cache",
-          "reports"}
+          "reports", "purged_runs", "report_withdrawals", "erasure_records", "case_holds"}
 
 
 def test_migrations_create_every_table(db_url):

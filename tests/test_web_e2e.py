@@ -213,6 +213,7 @@ def _register_report(server: Server, subject_id: int) -> None:
 
     from pypdf import PdfWriter
 
+    from audit_lib.reports.release import Decision, record_release
     from audit_lib.store import session_scope
     from audit_lib.store.models import Report
 
@@ -225,5 +226,8 @@ def _register_report(server: Server, subject_id: int) -> None:
     path = folder / f"subject-{subject_id}.pdf"
     path.write_bytes(buf.getvalue())
     with session_scope(server.db_url) as s:
-        s.add(Report(case_id=f"subject:{subject_id}", kind="subject", path=str(path),
-                     sha256=hashlib.sha256(buf.getvalue()).hexdigest(), finding_ids=[]))
+        row = Report(case_id=f"subject:{subject_id}", kind="subject", path=str(path),
+                     sha256=hashlib.sha256(buf.getvalue()).hexdigest(), finding_ids=[])
+        s.add(row)
+        s.flush()
+        record_release(s, row, Decision("dora", row.created_at), str(path), row.sha256, "test")

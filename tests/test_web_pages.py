@@ -12,6 +12,7 @@ from sqlalchemy import func, inspect, select
 from typer.testing import CliRunner
 
 from audit_lib import registry
+from audit_lib.reports.release import Decision, record_release
 from audit_lib.store import session_scope
 from audit_lib.store.db import get_engine
 from audit_lib.store.models import DataSubject, Report, SubjectImage, WebAuditEvent, WebUser
@@ -155,8 +156,11 @@ def test_findings_in_plain_words_latest_per_model_and_report_links(web, web_stor
     pdf = web.reports_dir / "subject.pdf"
     pdf.write_bytes(b"%PDF-1.4\n%%EOF\n")
     with session_scope(web_store) as s:
-        s.add(Report(case_id=f"subject:{sid}", kind="subject", path="subject.pdf", sha256="c" * 64,
-                     finding_ids=[newest]))
+        mine = Report(case_id=f"subject:{sid}", kind="subject", path="subject.pdf", sha256="c" * 64,
+                      finding_ids=[newest])
+        s.add(mine)
+        s.flush()
+        record_release(s, mine, Decision("dora", mine.created_at), "subject.pdf", "c" * 64, "test")
         s.add(Report(case_id="subject:999", kind="subject", path="other.pdf", sha256="d" * 64,
                      finding_ids=[]))
     page = web.client.get(f"/subjects/{sid}").text

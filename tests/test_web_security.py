@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from audit_lib.reports.release import Decision, record_release
 from audit_lib.store import session_scope
 from audit_lib.store.models import DataSubject, ImageBlob, Report, WebAuditEvent
 from tests.fixtures_web import (DPO, SUBJECT_FORM, TEST_SECRET, VIEWER, csrf_from, face_upload,
@@ -326,6 +327,7 @@ def _report(url: str, path: str, case: str = "subject:1") -> int:
         row = Report(case_id=case, kind="subject", path=path, sha256="0" * 64, finding_ids=[])
         s.add(row)
         s.flush()
+        record_release(s, row, Decision("dora", row.created_at), path, "0" * 64, "test")  # released
         return row.id
 
 
@@ -421,3 +423,208 @@ def test_passwords_are_salted_scrypt_hashes():
     assert not verify_password("same password herE", a)
     assert not verify_password("same password here", "scrypt$1$1$1$!!$!!")
     assert not verify_password("x" * 5000, a)
+
+
+# --- malformed input is a 4xx, never a 500 -------------------------------------------------
+
+@pytest.mark.parametrize("value", ["caf\u00e9.sig\u00e9", "\u00ff" * 40 + ".x", "a.b.c\u00e9"])
+def test_non_ascii_session_cookie_is_anonymous_not_a_crash(web, value):
+    # Sent raw (latin-1 bytes), as a browser or a script can.
+    cookie = f"ea_session={value}".encode("latin-1")
+    r = web.client.get("/subjects", headers={"cookie": cookie}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    assert web.client.get("/login", headers={"cookie": cookie}).status_code == 200
+
+
+def test_out_of_range_and_non_numeric_ids_are_404(web_db, tmp_path):
+    web = make_client(tmp_path)
+    web.sign_in()
+    for path in ("/subjects/{id}", "/subjects/{id}/erase", "/reports/{id}",
+                 "/subjects/{id}/images/1.png", "/subjects/1/images/{id}.png"):
+        for bad_id in ("99999999999999999999", "9223372036854775808", "-1", "0", "abc", "1e3"):
+            r = web.client.get(path.format(id=bad_id), follow_redirects=False)
+            assert r.status_code == 404, (path, bad_id, r.status_code, r.text[:200])
+            assert r.headers["x-frame-options"] == "DENY"
+    assert web.client.get("/subjects").status_code == 200  # the next request is fine
+
+
+def test_huge_id_in_a_post_is_404(web_db, tmp_path):
+    web = make_client(tmp_path)
+    web.sign_in()
+    token = web.token("/subjects")
+    r = web.client.post("/subjects/99999999999999999999/erase",
+                        data={"csrf_token": token, "confirm": "yes"}, follow_redirects=False)
+    assert r.status_code == 404
+
+
+def test_nul_in_form_fields_is_400_and_writes_nothing(web_db, tmp_path):
+    web = make_client(tmp_path)
+    page = web.client.get("/login")
+    r = web.client.post("/login", data={"username": "dora\x00", "password": DPO[1],
+                                        "csrf_token": csrf_from(page.text)})
+    assert r.status_code == 400 and "NUL character" in r.text
+    web.sign_in()
+    token = web.token()
+    for field in ("name", "aliases", "legal_basis", "sex"):
+        r = web.client.post("/subjects", data={**SUBJECT_FORM, field: "Ada\x00Example",
+                                               "csrf_token": token},
+                            files=[face_upload("photos", i) for i in (1, 2, 3)], follow_redirects=False)
+        assert r.status_code == 400 and "NUL character" in r.text, field
+    assert _n_subjects(web_db) == 0
+    assert web.client.get("/subjects").status_code == 200
+
+
+def test_a_crash_is_a_500_page_with_the_security_headers(web_store, tmp_path, monkeypatch, caplog):
+    from audit_lib import registry
+
+    web = make_client(tmp_path, raise_server_exceptions=False)
+    web.sign_in()
+
+    def broken(session):  # noqa: ANN001 - an injected fault: a bug deep in a page
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(registry, "list_subjects", broken)
+    with caplog.at_level(logging.ERROR):
+        r = web.client.get("/subjects")
+    assert r.status_code == 500 and "Something went wrong" in r.text
+    assert "injected failure" not in r.text
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["cache-control"] == "no-store"
+    assert any("injected failure" in (rec.exc_text or "") for rec in caplog.records)
+
+
+# --- server-side sessions ----------------------------------------------------------------
+
+def test_sign_out_revokes_the_session_even_for_a_copied_cookie(web_db, tmp_path):
+    web = make_client(tmp_path)
+    web.sign_in()
+    copied = web.client.cookies.get("ea_session")
+    assert web.client.get("/subjects", follow_redirects=False).status_code == 200
+    r = web.client.post("/logout", data={"csrf_token": web.token("/subjects")}, follow_redirects=False)
+    assert r.status_code == 303
+    web.client.cookies.clear()
+    web.client.cookies.set("ea_session", copied)
+    assert web.client.get("/subjects", follow_redirects=False).status_code == 303
+
+
+def test_password_change_revokes_every_session(web_db, tmp_path):
+    from audit_lib.store.models import WebSession, WebUser
+    from audit_lib.web.users import set_password
+
+    first, second = make_client(tmp_path), make_client(tmp_path)
+    first.sign_in()
+    second.sign_in()
+    with session_scope(web_db) as s:
+        user = s.scalar(select(WebUser).where(WebUser.username == DPO[0]))
+        assert set_password(s, user, "a-brand-new-password") == 2
+    for web in (first, second):
+        assert web.client.get("/subjects", follow_redirects=False).status_code == 303
+    with session_scope(web_db) as s:
+        rows = s.scalars(select(WebSession)).all()
+        assert len(rows) == 2 and all(r.revoked_at is not None for r in rows)
+        token = first.client.cookies.get("ea_session")
+        assert all(r.id not in token for r in rows)  # the table holds digests only
+
+
+def test_a_cookie_without_a_session_row_is_anonymous(web, web_store):
+    from audit_lib.web import sessions
+
+    # A correctly signed cookie for a real user, but never issued by sign-in.
+    with session_scope(web_store) as s:
+        from audit_lib.store.models import WebUser
+
+        user = s.scalar(select(WebUser).where(WebUser.username == DPO[0]))
+        made = sessions.new_session(user.id, user.password_hash)
+    web.client.cookies.set("ea_session", sessions.encode(made, TEST_SECRET.encode()))
+    assert web.client.get("/subjects", follow_redirects=False).status_code == 303
+
+
+# --- sign-in throttling --------------------------------------------------------------------
+
+def _try(web, username: str, password: str):  # noqa: ANN202
+    page = web.client.get("/login")
+    return web.client.post("/login", data={"username": username, "password": password,
+                                           "csrf_token": csrf_from(page.text)}, follow_redirects=False)
+
+
+def test_failed_sign_ins_are_throttled_per_user(web_store, tmp_path):
+    attacker = make_client(tmp_path, peer=("203.0.113.7", 4000))
+    for _ in range(5):
+        assert _try(attacker, DPO[0], "wrong-password-xx").status_code == 401
+    r = _try(attacker, DPO[0], DPO[1])  # even the right password: the account is throttled
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 900
+    assert "Too many failed sign-ins" in r.text and r.headers["x-frame-options"] == "DENY"
+    # from another address the same user is throttled too (the guesses are per user) ...
+    other = make_client(tmp_path, peer=("198.51.100.2", 4000))
+    other.client.app.state.signin_throttle = attacker.client.app.state.signin_throttle
+    assert _try(other, DPO[0], DPO[1]).status_code == 429
+    # ... but another user from another address is not
+    assert _try(other, VIEWER[0], VIEWER[1]).status_code == 303
+    with session_scope(web_store) as s:
+        actions = s.scalars(select(WebAuditEvent.action)).all()
+        assert actions.count("sign_in_failed") == 5 and actions.count("sign_in_throttled") == 2
+
+
+def test_failed_sign_ins_are_throttled_per_client(web_store, tmp_path):
+    web = make_client(tmp_path, peer=("203.0.113.8", 4000), signin_max_failures=3)
+    for name in ("alice", "bob", "carol"):  # names that do not exist: still counted
+        assert _try(web, name, "wrong-password-xx").status_code == 401
+    assert _try(web, VIEWER[0], VIEWER[1]).status_code == 429
+
+
+def test_throttle_window_passes(web_store, tmp_path):
+    web = make_client(tmp_path, signin_max_failures=1, signin_window_s=1)
+    assert _try(web, DPO[0], "wrong-password-xx").status_code == 401
+    assert _try(web, DPO[0], DPO[1]).status_code == 429
+    import time
+
+    time.sleep(1.1)
+    assert _try(web, DPO[0], DPO[1]).status_code == 303
+
+
+# --- forwarded headers -----------------------------------------------------------------------
+
+def _last_client(url: str) -> str | None:
+    with session_scope(url) as s:
+        return s.scalars(select(WebAuditEvent.client).order_by(WebAuditEvent.id.desc())).first()
+
+
+def test_forwarded_for_is_ignored_unless_from_a_trusted_proxy(web_store, tmp_path):
+    forged = {"x-forwarded-for": "192.0.2.99"}
+    local = make_client(tmp_path, peer=("127.0.0.1", 4000))
+    page = local.client.get("/login")
+    local.client.post("/login", data={"username": "x1", "password": "wrong-password-xx",
+                                      "csrf_token": csrf_from(page.text)}, headers=forged)
+    assert _last_client(web_store) == "127.0.0.1"  # localhost is not trusted by default
+
+    proxied = make_client(tmp_path, peer=("10.0.0.5", 4000), trusted_proxies="10.0.0.0/24")
+    page = proxied.client.get("/login")
+    proxied.client.post("/login", data={"username": "x1", "password": "wrong-password-xx",
+                                        "csrf_token": csrf_from(page.text)},
+                        headers={"x-forwarded-for": "198.51.100.1, 192.0.2.7, 10.0.0.4"})
+    # the nearest address that is not a trusted proxy: what the proxy itself saw
+    assert _last_client(web_store) == "192.0.2.7"
+
+
+def test_bad_trusted_proxies_setting_is_refused_with_the_fix():
+    from pydantic import ValidationError
+
+    from audit_lib.web.settings import WebSettings
+
+    with pytest.raises(ValidationError, match="not an address or network"):
+        WebSettings(trusted_proxies="10.0.0.0/8, proxy.example")
+
+
+def test_data_folder_created_private(web_store, tmp_path, monkeypatch):
+    from audit_lib.config import get_settings
+
+    folder = tmp_path / "fresh-data"
+    monkeypatch.setenv("AUDIT_DATA_DIR", str(folder))
+    get_settings.cache_clear()
+    from audit_lib.web.app import create_app
+    from audit_lib.web.settings import WebSettings
+
+    create_app(WebSettings(reports_dir=tmp_path / "r"))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "web-secret-key").stat().st_mode) == 0o600

@@ -128,7 +128,7 @@ def run_benchmark(config: BenchConfig | None = None, out_path: Path | None = Non
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
         passes: dict[str, list[float]] = {k: [] for k in ("raw", "handle", "server", "cache_hit",
                                                            "cache_hit_with_evidence")}
-        os.environ["AUDIT_BENCH_KEY"] = "bench-" + os.urandom(8).hex()
+        os.environ["AUDIT_CRED_BENCH"] = "bench-" + os.urandom(8).hex()
         db_url = f"sqlite:///{tmp / 'bench.sqlite'}"
         from audit_lib import registry
         from audit_lib.store.db import session_scope, upgrade
@@ -138,8 +138,8 @@ def run_benchmark(config: BenchConfig | None = None, out_path: Path | None = Non
             model_id = registry.add_model(s, name="bench", kind="checkpoint", role="owned",
                                           capabilities=sorted(enc.capabilities),
                                           architecture=cfg.architecture, weights_path=weights).id
-        with running_server(encoder=enc, keys={os.environ["AUDIT_BENCH_KEY"]: {}}, max_batch=max(bs, 256)) as url:
-            remote = RemoteEncoder(url, {"max_batch": bs}, "AUDIT_BENCH_KEY",
+        with running_server(encoder=enc, keys={os.environ["AUDIT_CRED_BENCH"]: {}}, max_batch=max(bs, 256)) as url:
+            remote = RemoteEncoder(url, {"max_batch": bs}, "AUDIT_CRED_BENCH",
                                    embedding_dim=enc.embedding_dim, timeout=300)
 
             def server() -> None:

@@ -162,7 +162,7 @@ def _register(cfg: PipelineBenchConfig, manifest: Any) -> tuple[int, int]:
     import numpy as np
 
     from audit_lib import registry
-    from audit_lib.methods.fingerprint import png_bytes
+    from audit_lib.imaging import png_bytes
     from audit_lib.pipelines.references import write_reference_nonmembers
     from audit_lib.pipelines.zoo_registry import LEGAL_BASIS, _checked
     from audit_lib.store import session_scope
@@ -176,7 +176,7 @@ def _register(cfg: PipelineBenchConfig, manifest: Any) -> tuple[int, int]:
     entries = [clip, target, manifest.by_role("independent")[0]]
     rng = np.random.default_rng(0)
     public = rng.permutation(splits["public"])
-    refs = [png_bytes(images.x_train[i][None])[0] for i in target.splits["nonmembers"][:cfg.n_references]]
+    refs = [png_bytes(images.x_train[i]) for i in target.splits["nonmembers"][:cfg.n_references]]
     people = clip.people
     with session_scope() as s:
         for e in entries:
@@ -214,7 +214,7 @@ def _register(cfg: PipelineBenchConfig, manifest: Any) -> tuple[int, int]:
     for start in tqdm(range(0, len(rows), batch), desc="registering subjects", unit="x100", disable=len(rows) < 200):
         with session_scope() as s:
             for name, sex, photo_items, idx in rows[start:start + batch]:
-                claimed = [(f"claimed-{i}.png", png_bytes(images.x_train[i][None])[0]) for i in idx]
+                claimed = [(f"claimed-{i}.png", png_bytes(images.x_train[i])) for i in idx]
                 registry.add_subject(s, name=name, legal_basis=LEGAL_BASIS, sex=sex, photos=_checked(photo_items),
                                      claimed=_checked(claimed))
     return len(rows), len(entries)

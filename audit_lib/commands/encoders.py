@@ -33,7 +33,7 @@ def serve_encoder(
     """Serve a local checkpoint as an embedding API (the reference encoder server)."""
     import uvicorn
 
-    from audit_lib.cli import fail
+    from audit_lib.cli_errors import fail
     from audit_lib.encoders.loading import CheckpointError
     from audit_lib.encoders.local import LocalEncoder
     from audit_lib.server.app import create_app
@@ -87,7 +87,7 @@ def bench_encoders(
 def encoders_check(model: Annotated[str, typer.Argument(help="registered model name or id")]) -> None:
     """Open a registered model's handle and show its current version (runs the canary for an API)."""
     from audit_lib import registry
-    from audit_lib.cli import fail
+    from audit_lib.cli_errors import fail
     from audit_lib.encoders import open_handle
     from audit_lib.encoders.loading import CheckpointError
     from audit_lib.encoders.remote import RemoteEncoderError

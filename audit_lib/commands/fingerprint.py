@@ -26,7 +26,8 @@ def enrol_fingerprint(
     figures: Annotated[Optional[Path], typer.Option(help="also write fingerprint-scores.png and fingerprint-aruc.png here")] = None,
 ) -> None:
     """Enrol an owned encoder for fingerprinting (MetaV): suspect zoo, fingerprints, verifier, calibration."""
-    from audit_lib.cli import _guarded, fail
+    from audit_lib.cli_errors import fail
+    from audit_lib.cli_errors import guarded as _guarded
     from audit_lib.methods.fingerprint import FingerprintConfig
     from audit_lib.ownership.fingerprint import enrol_model, write_figures
     from audit_lib.zoo.suspects import get_profile
@@ -66,7 +67,8 @@ def verify_fingerprint(
     """Is the suspect a copy of the owned model? N fingerprint queries, calibrated p-value, stored finding."""
     import uuid
 
-    from audit_lib.cli import _guarded, fail
+    from audit_lib.cli_errors import fail
+    from audit_lib.cli_errors import guarded as _guarded
     from audit_lib.ownership import ArtefactError
     from audit_lib.ownership.fingerprint import verify_suspect
 

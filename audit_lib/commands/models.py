@@ -49,7 +49,7 @@ def models_add(
     preset: Annotated[Optional[str], typer.Option(help="API: a vendor preset for the adapter (see docs)")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="API: adapter fields as JSON, laid over the preset")] = None,
     embedding_dim: Annotated[Optional[int], typer.Option(help="API: the embedding dimension (stored in the adapter)")] = None,
-    credential: Annotated[Optional[str], typer.Option(help="API: name of the Airflow Connection or env variable holding the key")] = None,
+    credential: Annotated[Optional[str], typer.Option(help="API: name of the env variable or Airflow Connection holding the key (AUDIT_CRED_...)")] = None,
     capabilities: Annotated[str, typer.Option(help="comma-separated: image, text")] = "image",
     budget: Annotated[Optional[int], typer.Option(help="API: queries allowed per audit run")] = None,
 ) -> None:
@@ -80,6 +80,8 @@ def models_add(
 def models_list(as_json: JsonFlag = False) -> None:
     """List registered models (retired ones marked)."""
     from audit_lib import registry
+    from audit_lib.encoders.endpoints import redact_endpoint
+    from audit_lib.safe_text import display
 
     def run() -> None:
         with _session() as s:
@@ -90,9 +92,9 @@ def models_list(as_json: JsonFlag = False) -> None:
             if not rows:
                 typer.echo("no models registered")
             for m in rows:
-                where = m.endpoint_url if m.kind == "api" else f"{m.architecture} @ {m.weights_path}"
+                where = redact_endpoint(m.endpoint_url) if m.kind == "api" else f"{m.architecture} @ {m.weights_path}"
                 status = f"  retired {m.retired_at:%Y-%m-%d}" if m.retired_at is not None else ""
-                typer.echo(f"{m.id:>4}  {m.name}  {m.kind}  {m.role}  "
+                typer.echo(f"{m.id:>4}  {display(m.name)}  {m.kind}  {m.role}  "
                            f"{'+'.join(m.capabilities)}  {where}{status}")
 
     _guarded(run)
@@ -134,7 +136,7 @@ def models_update(
     preset: Annotated[Optional[str], typer.Option(help="API: rebuild the adapter from this preset (with --adapter laid over it)")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="API: adapter fields as JSON, laid over the current adapter (or the preset)")] = None,
     embedding_dim: Annotated[Optional[int], typer.Option(help="API: the embedding dimension")] = None,
-    credential: Annotated[Optional[str], typer.Option(help="API: name of the env variable or Airflow Connection holding the key")] = None,
+    credential: Annotated[Optional[str], typer.Option(help="API: name of the env variable or Airflow Connection holding the key (AUDIT_CRED_...)")] = None,
     budget: Annotated[Optional[int], typer.Option(help="API: queries allowed per audit run")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="checkpoint: a new weights file")] = None,
 ) -> None:
@@ -251,7 +253,7 @@ def models_probe(
     endpoint: Annotated[Optional[str], typer.Option(help="API not yet registered: its endpoint URL")] = None,
     preset: Annotated[Optional[str], typer.Option(help="API not yet registered: a vendor preset")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="API not yet registered: adapter fields as JSON")] = None,
-    credential: Annotated[Optional[str], typer.Option(help="API not yet registered: name of the env variable or Airflow Connection holding the key")] = None,
+    credential: Annotated[Optional[str], typer.Option(help="API not yet registered: name of the env variable or Airflow Connection holding the key (AUDIT_CRED_...)")] = None,
     embedding_dim: Annotated[Optional[int], typer.Option(help="API not yet registered: the embedding dimension")] = None,
     architecture: Annotated[Optional[str], typer.Option(help="checkpoint not yet registered: architecture")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="checkpoint not yet registered: weights file")] = None,
@@ -285,7 +287,9 @@ def models_probe(
             if architecture or weights:
                 fail("give --endpoint for an API or --architecture/--weights for a checkpoint, not both")
             registry.check_endpoint_url(endpoint)
+            registry.check_credential(credential)
             cfg = registry.resolve_model_adapter(preset, adapter_cfg, embedding_dim)
+            registry.check_adapter_paths(endpoint, cfg)
             return endpoint, {"kind": "api", "endpoint": endpoint, "adapter": cfg, "credential": credential,
                               "capabilities": ["image"]}
         if not weights or not Path(weights).is_file():

@@ -54,7 +54,7 @@ def steal(
     independent: Annotated[Optional[list[str]], typer.Option(
         help="a registered reference model for the null (repeatable; default: all reference models, or the zoo's)")] = None,
     data: Annotated[str, typer.Option(
-        help="auto (registered image sets if any, else the zoo), registered, or zoo")] = "auto",
+        help="auto (registered image sets if any, else the zoo's for a zoo entry), registered, or zoo")] = "auto",
     epochs: Annotated[int, typer.Option(help="training epochs of each stolen copy (paper: 100)")] = 100,
     lr: Annotated[float, typer.Option(help="SGD learning rate (paper: 1e-3)")] = 1e-3,
     architecture: Annotated[str, typer.Option(
@@ -72,10 +72,12 @@ def steal(
     run_key: Annotated[Optional[str], typer.Option(help="audit run key (default: generated)")] = None,
 ) -> None:
     """Simulate StolenEncoder theft of a registered encoder (checkpoint or API) at each query budget."""
+    from audit_lib.cli_errors import check_output
     from audit_lib.encoders.remote import RemoteEncoderError
     from audit_lib.methods.theft import StealRecipe
     from audit_lib.ownership.theft import run_theft_risk
 
+    check_output(out, folder=True, option="--out")
     try:
         recipe = StealRecipe(architecture=architecture, epochs=epochs, lr=lr)
         res = run_theft_risk(target, budgets=budgets, defences=tuple(defence or ()), recipe=recipe,
@@ -173,8 +175,42 @@ def verify(
         _fingerprint_hook("verify_fingerprint")(owned=owned, suspect=suspect, alpha=alpha, run_key=run_key)
 
 
+def bench_theft(
+    train_images: Annotated[int, typer.Option(help="the target's SimCLR pre-training images (CIFAR-10)")] = 5000,
+    pretrain_epochs: Annotated[int, typer.Option(help="the target's SimCLR epochs")] = 30,
+    steal_epochs: Annotated[int, typer.Option(help="epochs of each stolen copy (paper: 100)")] = 100,
+    steal_lr: Annotated[float, typer.Option(help="SGD learning rate of the stolen copies")] = 0.05,
+    independents: Annotated[int, typer.Option(help="independent reference encoders (the nulls)")] = 3,
+    independent_epochs: Annotated[int, typer.Option(help="their SimCLR epochs")] = 10,
+    budgets: Annotated[str, typer.Option(help="query budgets, shares of the training set or counts")] = "1%,5%,10%",
+    threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
+    out: Annotated[Optional[Path], typer.Option(help="JSON output (default var/bench/theft.json)")] = None,
+) -> None:
+    """Realistic-scale StolenEncoder benchmark: theft curve with and without defences, through
+    the reference server and an API with its own adapter, and the watermark in stolen copies."""
+    import logging
+
+    from audit_lib.bench.theft import TheftBenchConfig, format_table, run_theft_bench
+    from audit_lib.cli_errors import check_output
+
+    check_output(out, folder=False, option="--out")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        cfg = TheftBenchConfig(train_images=train_images, pretrain_epochs=pretrain_epochs, steal_epochs=steal_epochs,
+                               steal_lr=steal_lr, n_independents=independents, independent_epochs=independent_epochs,
+                               budgets=budgets, threads=threads)
+        result = run_theft_bench(cfg, out, progress=typer.echo)
+    except _errors() as exc:
+        _fail(str(exc))
+    for line in format_table(result):
+        typer.echo(line)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``steal``, ``enrol`` and ``verify`` to the ``encoder-audit`` app."""
+    """Add ``steal``, ``enrol``, ``verify`` and ``bench theft`` to the ``encoder-audit`` app."""
+    from audit_lib.commands.encoders import _group
+
     app.command("steal")(steal)
     app.command("enrol")(enrol)
     app.command("verify")(verify)
+    _group(app, "bench", "Benchmarks.").command("theft")(bench_theft)

@@ -93,9 +93,38 @@ def register(app: typer.Typer) -> None:
         n_candidates: Annotated[int, typer.Option(help="IDIA names incl. decoys")] = 1000,
         profile: Annotated[str, typer.Option(help="reference zoo profile: ci (default) or smoke (mechanics only)")] = "ci",
         enrol: Annotated[bool, typer.Option(help="enrol the owned encoder (watermark, fingerprint) first")] = True,
+        serve: Annotated[bool, typer.Option(help=(
+            "do not run the demo: open what each user sees on the last demo's data (Airflow UI, "
+            "DPO web app, PDF folder) until Ctrl-C"))] = False,
+        airflow_port: Annotated[int, typer.Option(help="--serve: the Airflow UI's port on 127.0.0.1")] = 8080,
+        web_port: Annotated[int, typer.Option(help="--serve: the DPO web app's port on 127.0.0.1")] = 8000,
+        demo_dir: Annotated[Optional[Path], typer.Option(help="the demo's folder (default var/demo)")] = None,
     ) -> None:
         """The embedded end-to-end demo: zoo, registration, enrolment, privacy and ownership
-        audits, PDF reports (fresh store under var/demo; zoo and enrolment caches kept)."""
+        audits, PDF reports (fresh store under var/demo; zoo and enrolment caches kept).
+        With --serve, the three users' views of its data instead."""
+        if serve:
+            from audit_lib.pipelines.demo_serve import DemoDataMissing, check_demo
+            from audit_lib.pipelines.demo_serve import serve as serve_views
+
+            for port, opt in ((airflow_port, "--airflow-port"), (web_port, "--web-port")):
+                if not 1 <= port <= 65535:
+                    fail(f"{opt} {port}: expected a TCP port (1-65535)")
+            if airflow_port == web_port:
+                fail(f"--airflow-port and --web-port are both {web_port}: give them different ports")
+            from audit_lib.pipelines.demo_serve import port_free
+
+            for port, opt in ((airflow_port, "--airflow-port"), (web_port, "--web-port")):
+                if not port_free(port):
+                    fail(f"{opt} {port}: the port is in use on 127.0.0.1 (another server?): choose another")
+            from audit_lib.config import PROJECT_ROOT
+
+            folder = (demo_dir or PROJECT_ROOT / "var" / "demo").resolve()
+            try:
+                check_demo(folder)
+            except DemoDataMissing as exc:
+                fail(str(exc))
+            raise typer.Exit(serve_views(folder, airflow_port=airflow_port, web_port=web_port))
         from audit_lib.pipelines.demo import main
 
-        main(n_candidates=n_candidates, profile=profile, enrol=enrol)
+        main(n_candidates=n_candidates, profile=profile, enrol=enrol, demo_dir=demo_dir)

@@ -40,7 +40,8 @@ def audit_pair(subject_id: int, model_ref: str, *, run_key: str | None = None, r
     Every input check runs before the model is opened: a refusal (erased subject, retired
     model, too few photos or references, a claimed image that is also a reference, rule
     V or S without a trained classifier) raises RegistryError or MethodInputError and
-    leaves no audit run and no evidence. Returns the run key, its status, the findings'
+    leaves no audit run and no evidence; so does an API model whose query budget is smaller
+    than the run needs (:mod:`audit_lib.query_budget`). Returns the run key, its status, the findings'
     records and the queries sent to the model vs answered from the cache."""
     from sqlalchemy import select
 
@@ -75,6 +76,14 @@ def audit_pair(subject_id: int, model_ref: str, *, run_key: str | None = None, r
         except ValueError as exc:
             raise registry.RegistryError(f"subject {subject_id} has {len(claimed)} claimed images, but {exc}") from None
         classifier = check_membership_inputs(claimed, refs, rule=rule, n_views=n_views, alpha=alpha)
+    if model.kind == "api" and model.query_budget is not None:
+        from audit_lib.query_budget import privacy_inputs, require_budget
+
+        planned = privacy_inputs(capabilities=model.capabilities or [], photos=photos, claimed=claimed,
+                                 references=refs, name=name, aliases=aliases, sex=sex,
+                                 n_candidates=n_candidates, n_views=n_views)
+        with session_scope(db_url) as s:
+            require_budget(s, model, planned)  # before the first query is paid for
     config = {"subject": subject_id, "model": model.name, "rule": rule, "alpha": alpha, "n_views": n_views,
               "n_candidates": n_candidates, "n_references": len(refs)}
     records = []
@@ -102,9 +111,9 @@ def audit_pair(subject_id: int, model_ref: str, *, run_key: str | None = None, r
         status = run.status
     log.info("privacy audit %s: subject %s on model %s: %d queries sent to the model, %d answered from the "
              "cache, %d canary queries; run %s", run_key, subject_id, model.name, sent, hits,
-             getattr(handle, "canary_queries", 0), status)
+             handle.canary_queries, status)
     return {"run_key": run_key, "status": status, "queries_sent": sent, "cache_hits": hits,
-            "canary_queries": int(getattr(handle, "canary_queries", 0)), "findings": records}
+            "canary_queries": int(handle.canary_queries), "findings": records}
 
 
 def _p(x: float | None) -> str:
@@ -115,7 +124,7 @@ def finding_lines(r: dict[str, Any]) -> list[str]:
     """The CLI's lines for one finding record: decision, p-value, queries, Holm warning."""
     d = r.get("details") or {}
     extra = ""
-    if r["method"] == "idia" and r["decision"] != "not_applicable":
+    if d.get("published_decision") is not None and "n_correct" in d:  # IDIA's published rule
         extra = f"; published rule: {d.get('published_decision')} ({d.get('n_correct')} of 21 templates)"
     lines = [f"{r['method']}: {r['decision']} (p = {_p(r['p_value'])}, alpha = {r['alpha']}){extra}; "
              f"finding {r['id']}"]
@@ -162,6 +171,10 @@ def register(app: typer.Typer) -> None:
         from audit_lib.eval.privacy import run_evaluation, table_lines, write_json
         from audit_lib.zoo.build import build_zoo
 
+        from audit_lib.cli_errors import check_output
+
+        check_output(json_out, folder=False, option="--json")
+        check_output(docs, folder=True, option="--docs")
         parts = part or ["idia", "encodermi"]
         bad = set(parts) - {"idia", "encodermi"}
         if bad:

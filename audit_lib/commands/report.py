@@ -65,9 +65,13 @@ def verify(
         typer.echo(f"ok    {line}")
     for line in result.problems:
         typer.secho(f"FAIL  {line}", fg=typer.colors.RED, err=True)
+    for line in result.notes:
+        typer.echo(f"note  {line}")
     if offline:
         typer.echo("note  offline: the evidence store was not consulted")
     if not result.ok:
+        if result.changed_side:
+            typer.secho(f"changed: {result.changed_side}", fg=typer.colors.RED, err=True)
         typer.secho(f"report {report} did NOT verify", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     typer.echo(f"report {report} verified (case {result.case_id})")
@@ -78,16 +82,31 @@ def sign(
     report: Annotated[Path, typer.Argument(help="the PDF report to sign")],
     key: Annotated[Optional[Path], typer.Option(
         help="Ed25519 private key (PEM); default $AUDIT_REPORT_SIGNING_KEY")] = None,
+    pades: Annotated[bool, typer.Option(
+        "--pades", help="sign inside the PDF (PAdES, with the configured signer and TSA) into --out")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="with --pades: the signed PDF to write (new file)")] = None,
 ) -> None:
-    """Write a detached Ed25519 signature next to the report (REPORT.pdf.sig)."""
+    """Sign a report: a detached Ed25519 signature next to it (REPORT.pdf.sig), or with
+    ``--pades`` a PAdES signature inside a signed copy."""
     from audit_lib.reports import ReportError
-    from audit_lib.reports.signing import sign_report
 
     try:
-        out = sign_report(report, key)
+        if pades:
+            from audit_lib.reports.pades import sign_pdf
+
+            if key is not None:
+                _fail("--key is for the detached signature; --pades uses AUDIT_REPORT_SIGNER_*")
+            target = out or report.with_name(report.stem + "-signed.pdf")
+            info = sign_pdf(report, target)
+            when = f", timestamp {info.timestamp:%Y-%m-%d %H:%M:%S %Z}" if info.timestamp else ""
+            typer.echo(f"wrote {info.path} (PAdES {info.level}, signed by {info.signer}{when})")
+            return
+        from audit_lib.reports.signing import sign_report
+
+        written = sign_report(report, key)
     except ReportError as exc:
         _fail(str(exc))
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {written}")
 
 
 @report_app.command("keygen")

@@ -87,7 +87,9 @@ def serve(
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"serving the DPO web app on http://{host}:{port}/ (Ctrl-C stops it)")
-    uvicorn.run(app, host=host, port=port, proxy_headers=True, server_header=False,
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from 127.0.0.1; the app
+    # believes it only from AUDIT_WEB_TRUSTED_PROXIES (audit_lib.web.deps.client_of).
+    uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False,
                 log_level="info")
 
 

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         build summary and register the entries as checkpoint models."""
         import logging
 
-        from audit_lib.cli import fail
+        from audit_lib.cli_errors import fail
         from audit_lib.registry import RegistryError
         from audit_lib.zoo.build import build_zoo, summary_lines, zoo_root
 
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[Optional[Path], typer.Option(help="cache folder (default: AUDIT_DATA_DIR/zoo)")] = None,
     ) -> None:
         """Print the summary of a profile's last build (from its manifest)."""
-        from audit_lib.cli import fail
+        from audit_lib.cli_errors import fail
         from audit_lib.zoo.build import summary_lines, zoo_root
         from audit_lib.zoo.manifest import ZooManifest
 

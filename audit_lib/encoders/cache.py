@@ -14,7 +14,7 @@
   the same for every subject) is a per-model-version artefact: its members are cached and
   queried like any text, a manifest row in ``query_cache`` (kind ``text-set``) lists the
   ordered member input and response hashes, each process keeps the embeddings in a small
-  memo, and a run records the whole set as ONE evidence item (kind ``text-set``: input =
+  memo (:mod:`audit_lib.encoders.text_set_memo`), and a run records the whole set as ONE evidence item (kind ``text-set``: input =
   :func:`member_set_sha256` of the ordered prompt hashes, response = the same digest of the
   ordered response hashes). :func:`read_text_set` expands it again from the store;
 - with ``skip_recorded_repeats`` a cached answer that this process already recorded in the
@@ -43,14 +43,14 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from audit_lib.encoders.base import EncoderHandle, NotApplicable
+from audit_lib.encoders.base import EncoderHandle, NotApplicable, QueryCounts, WrappingHandle
+from audit_lib.encoders.text_set_memo import MemoSet, clear_text_set_memo, memo_get, memo_put, text_hashes
 from audit_lib.store.models import AuditRun, ModelVersion, QueryCacheEntry, utcnow
 
 log = logging.getLogger(__name__)
 
 LOOKUP_CHUNK = 500
 SET_KIND = "text-set"  # the manifest row in query_cache and the evidence item of a text set
-SET_MEMO_ENTRIES = 4  # text sets kept in memory per process (IDIA: ~21 MB each at d = 256)
 RECORDED_RUNS = 8  # runs whose recorded (kind, input, response) keys a process remembers
 RECORDED_KEYS_PER_RUN = 2_000_000  # beyond this a run's repeats are recorded again
 
@@ -69,67 +69,6 @@ def member_set_sha256(hashes: Sequence[str]) -> str:
     digests joined by newlines (no trailing newline). A text set's evidence item has the
     digest of its prompt hashes as input and that of its response hashes as response."""
     return hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
-
-
-_SET_LOCK = threading.Lock()  # guards the two memos below
-_DIGESTS: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-
-
-def text_hashes(texts: Sequence[str]) -> tuple[str, ...]:
-    """The sha256 hex digests of texts (UTF-8), in order. The lists of the last few text
-    sets are remembered (keyed by one sha256 over the length-prefixed texts), so a
-    process that audits many subjects with the same decoy prompts hashes them once."""
-    whole = hashlib.sha256()
-    for t in texts:
-        b = str(t).encode("utf-8")
-        whole.update(len(b).to_bytes(8, "little"))
-        whole.update(b)
-    key = whole.hexdigest()
-    with _SET_LOCK:
-        hit = _DIGESTS.get(key)
-        if hit is not None:
-            _DIGESTS.move_to_end(key)
-            return hit
-    out = tuple(hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in texts)
-    with _SET_LOCK:
-        _DIGESTS[key] = out
-        while len(_DIGESTS) > SET_MEMO_ENTRIES:
-            _DIGESTS.popitem(last=False)
-    return out
-
-
-@dataclass(frozen=True)
-class _MemoSet:
-    """A text set's answers as one process keeps them (read-only embeddings)."""
-
-    embeddings: np.ndarray
-    response_sha256: str
-
-
-_SET_MEMO: OrderedDict[tuple[str, str], _MemoSet] = OrderedDict()
-
-
-def _memo_get(key: tuple[str, str]) -> _MemoSet | None:
-    with _SET_LOCK:
-        hit = _SET_MEMO.get(key)
-        if hit is not None:
-            _SET_MEMO.move_to_end(key)
-        return hit
-
-
-def _memo_put(key: tuple[str, str], value: _MemoSet) -> None:
-    with _SET_LOCK:
-        _SET_MEMO[key] = value
-        _SET_MEMO.move_to_end(key)
-        while len(_SET_MEMO) > SET_MEMO_ENTRIES:
-            _SET_MEMO.popitem(last=False)
-
-
-def clear_text_set_memo() -> None:
-    """Forget the in-process text sets (tests; a process that must re-read the store)."""
-    with _SET_LOCK:
-        _SET_MEMO.clear()
-        _DIGESTS.clear()
 
 
 def _set_manifest_bytes(inputs: Sequence[str], responses: Sequence[str]) -> bytes:
@@ -219,13 +158,13 @@ def _image_bytes(image: Any) -> bytes:
     raise TypeError(f"an image must be encoded bytes or a PIL image, not {type(image).__name__}")
 
 
-class StoreBackedHandle:
+class StoreBackedHandle(WrappingHandle):
     """Any handle, with the store's query cache and evidence chain in front of it."""
 
     def __init__(self, inner: EncoderHandle, *, db_url: str | None = None, model_id: int,
                  run_key: str | None = None, run_kind: str = "audit",
                  answering_config: str | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         # an API's api_config_sha256 (endpoint + adapter): part of its version
         self.answering_config = answering_config
         self.db_url = db_url
@@ -240,15 +179,7 @@ class StoreBackedHandle:
         self._version: str
         self._resolve_version()
 
-    # --- the handle protocol ------------------------------------------------------------
-    @property
-    def capabilities(self) -> frozenset[str]:
-        return self.inner.capabilities
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.inner.embedding_dim
-
+    # --- the handle protocol (capabilities and embedding size: the inner handle's) --------
     @property
     def model_version(self) -> str:
         return self._version
@@ -284,7 +215,7 @@ class StoreBackedHandle:
         set_sha = member_set_sha256(hashes)
         key = (self._version, set_sha)
         when = utcnow()
-        memo = _memo_get(key)
+        memo = memo_get(key)
         if memo is not None and self._record_memo_set(set_sha, memo, when):
             self.hits += n
             return memo.embeddings
@@ -296,10 +227,10 @@ class StoreBackedHandle:
         self._store_set(set_sha, hashes, resp, resp_sha, fresh, miss_ms,
                         (time.perf_counter() - t0) * 1000, when)
         out.setflags(write=False)
-        _memo_put(key, _MemoSet(out, resp_sha))
+        memo_put(key, MemoSet(out, resp_sha))
         return out
 
-    def _record_memo_set(self, set_sha: str, memo: _MemoSet, when: datetime) -> bool:
+    def _record_memo_set(self, set_sha: str, memo: MemoSet, when: datetime) -> bool:
         """Record a set answered from the process memo; False when the store lacks its
         manifest row (another database, or a purged cache): then it is read again."""
         from audit_lib.store.db import session_scope
@@ -538,16 +469,34 @@ class StoreBackedHandle:
         event.listen(session, "after_commit", remember, once=True)
 
 
-def query_counts(handle: Any) -> tuple[int, int]:
+def query_counts(handle: EncoderHandle) -> tuple[int, int]:
     """(queries sent to the model, answers read from the query cache) that ``handle`` has
-    counted so far; (0, 0) for a handle without counters. The version check's canary
-    queries are not among them (see ``canary_queries``)."""
-    return int(getattr(handle, "misses", 0) or 0), int(getattr(handle, "hits", 0) or 0)
+    counted so far; (0, 0) for a handle without counters (:class:`QueryCounts`). The
+    version check's canary queries are not among them (see ``canary_queries``)."""
+    if not isinstance(handle, QueryCounts):
+        return 0, 0
+    return int(handle.misses or 0), int(handle.hits or 0)
 
 
-def with_query_counts(details: dict[str, Any], handle: Any, since: tuple[int, int]) -> dict[str, Any]:
+def with_query_counts(details: dict[str, Any], handle: EncoderHandle, since: tuple[int, int]) -> dict[str, Any]:
     """``details`` plus ``queries_sent`` and ``cache_hits``: what the handle counted since
     ``since`` (a :func:`query_counts` taken before the method ran), so a finding says how
     many of its queries reached the model and how many the cache answered."""
     sent, hits = query_counts(handle)
     return {**details, "queries_sent": sent - since[0], "cache_hits": hits - since[1]}
+
+
+def delete_cached_inputs(session: Any, input_hashes: Sequence[str], kinds: Sequence[str]) -> int:
+    """Delete every cached answer (any model version) for these input hashes and kinds: an
+    erased subject's photos and name prompts leave the query cache. Returns rows deleted.
+    The process memos of text sets are cleared too (they may hold the same answers)."""
+    from sqlalchemy import delete
+
+    hashes = sorted(set(input_hashes))
+    deleted = 0
+    for start in range(0, len(hashes), 500):
+        chunk = hashes[start:start + 500]
+        deleted += session.execute(delete(QueryCacheEntry).where(
+            QueryCacheEntry.input_sha256.in_(chunk), QueryCacheEntry.kind.in_(list(kinds)))).rowcount or 0
+    clear_text_set_memo()
+    return deleted

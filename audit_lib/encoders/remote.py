@@ -37,8 +37,9 @@ import numpy as np
 from audit_lib.encoders.adapter import Adapter, get_path, parse_adapter, set_path
 from audit_lib.encoders.base import NotApplicable
 
-__all__ = ["BadAnswer", "BudgetExhausted", "CredentialError", "RemoteEncoder", "RemoteEncoderError",
-           "RemoteUnavailable", "endpoint_limiter", "get_path", "resolve_credential", "set_path"]
+__all__ = ["CREDENTIAL_PREFIX", "BadAnswer", "BudgetExhausted", "CredentialError", "RemoteEncoder",
+           "RemoteEncoderError", "RemoteUnavailable", "check_credential_name", "endpoint_limiter", "get_path",
+           "resolve_credential", "set_path"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,26 @@ class RemoteUnavailable(RemoteEncoderError):
 
 
 # --- credentials ---------------------------------------------------------------------------
+#: Only environment variables (or Airflow Connections) whose name starts with this prefix
+#: may be named as an API's credential: any other name (the web app's secret key, the
+#: database URL) would be read and sent to whatever endpoint was registered.
+CREDENTIAL_PREFIX = "AUDIT_CRED_"
+_CREDENTIAL_NAME_MAX = 200  # the width of models.credential_name
+
+
+def check_credential_name(name: str) -> str:
+    """``name`` if it is a declared credential name (:data:`CREDENTIAL_PREFIX` followed by
+    letters, digits or underscores), else :class:`CredentialError` naming the rule."""
+    rest = name[len(CREDENTIAL_PREFIX):] if name.startswith(CREDENTIAL_PREFIX) else None
+    if not rest or len(name) > _CREDENTIAL_NAME_MAX or not all(c.isascii() and (c.isalnum() or c == "_")
+                                                               for c in rest):
+        raise CredentialError(f"credential {name!r}: only names that start with {CREDENTIAL_PREFIX} "
+                              "followed by letters, digits or underscores may hold an API key (e.g. "
+                              f"{CREDENTIAL_PREFIX}VENDOR); put the key in such an environment variable "
+                              "or Airflow Connection")
+    return name
+
+
 class _Secret:
     """A credential in memory; never printed."""
 
@@ -123,7 +144,9 @@ def _airflow_configured() -> bool:
 
 def resolve_credential(name: str) -> _Secret:
     """The secret called ``name``: the environment variable ``name``, else the password of
-    the Airflow Connection ``name`` (only where Airflow is configured)."""
+    the Airflow Connection ``name`` (only where Airflow is configured). Only declared
+    names (:func:`check_credential_name`) are read, also for a row stored before the rule."""
+    check_credential_name(name)
     value = os.environ.get(name)
     if value:
         return _Secret(value)

@@ -19,7 +19,6 @@ query cost. Figures go to docs/ and the data directory.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from audit_lib.encoders.base import EncoderHandle, WrappingHandle
+from audit_lib.imaging import png_bytes
 from audit_lib.stats import clopper_pearson_upper, roc_auc, tpr_at_fpr
 
 log = logging.getLogger(__name__)
@@ -36,27 +37,15 @@ log = logging.getLogger(__name__)
 RULES = ("T", "V", "S")
 
 
-class CountingHandle:
+class CountingHandle(WrappingHandle):
     """An in-memory query cache in front of a handle, counting what reaches the model per
     kind: the evaluation's stand-in for the store's cache (same keys: kind, input sha256)."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, inner: EncoderHandle) -> None:
+        super().__init__(inner)
         self._memo: dict[tuple[str, str], np.ndarray] = {}
         self.sent: dict[str, int] = {}
         self.asked: dict[str, int] = {}
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        return self.inner.capabilities
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.inner.embedding_dim
-
-    @property
-    def model_version(self) -> str:
-        return self.inner.model_version
 
     def _through(self, keys: list[bytes], kind: str, call: Callable[[list[int]], np.ndarray]) -> np.ndarray:
         hashes = [hashlib.sha256(k).hexdigest() for k in keys]
@@ -83,15 +72,6 @@ class CountingHandle:
         texts = list(texts)
         return self._through([t.encode() for t in texts], "text",
                              lambda idx: self.inner.encode_texts([texts[i] for i in idx]))
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """A uint8 (H, W, 3) image as PNG bytes (what a data owner would submit)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def roc_curve(pos: Sequence[float], neg: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -133,7 +113,12 @@ class IdiaEval:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate_idia(handle: Any, people: Sequence[Any], *, n_candidates: int = 1000, tau: int = 1,
+def _sent(handle: EncoderHandle) -> dict[str, int]:
+    """What a counting handle sent per kind so far (empty for any other handle)."""
+    return dict(handle.sent) if isinstance(handle, CountingHandle) else {}
+
+
+def evaluate_idia(handle: EncoderHandle, people: Sequence[Any], *, n_candidates: int = 1000, tau: int = 1,
                   alpha: float = 0.05, impostors_per_person: int = 3, progress: bool = True) -> IdiaEval:
     """Run IDIA for every zoo person (``ZooPerson``: name, sex, member, heldout_photos) and
     for ``impostors_per_person`` random names per person on that person's photos."""
@@ -151,7 +136,7 @@ def evaluate_idia(handle: Any, people: Sequence[Any], *, n_candidates: int = 100
     out = IdiaEval()
     for person, name, label in tqdm(jobs, desc="IDIA", disable=not progress):
         photos = [Path(x).read_bytes() for x in person.heldout_photos]
-        sent_before = dict(getattr(handle, "sent", {}))
+        sent_before = _sent(handle)
         f = run_idia(handle, photos, name, sex=person.sex, n_candidates=n_candidates, tau=tau, alpha=alpha)
         out.cases.append({"person": person.person_id, "label": label, "name_is_true": label != "impostor",
                           "member": label == "member", "p_value": f.p_value,
@@ -159,8 +144,8 @@ def evaluate_idia(handle: Any, people: Sequence[Any], *, n_candidates: int = 100
                           "published": f.details["published_decision"] == "member",
                           "n_correct": f.details["n_correct"], "decoy_rank": f.details["decoy_rank"],
                           "n_images": len(photos), "caption_mode": getattr(person, "caption_mode", None),
-                          "text_sent": getattr(handle, "sent", {}).get("text", 0) - sent_before.get("text", 0),
-                          "image_sent": getattr(handle, "sent", {}).get("image", 0) - sent_before.get("image", 0)})
+                          "text_sent": _sent(handle).get("text", 0) - sent_before.get("text", 0),
+                          "image_sent": _sent(handle).get("image", 0) - sent_before.get("image", 0)})
     truth = np.array([c["member"] for c in out.cases])
     real = np.array([c["label"] != "impostor" for c in out.cases])
     summary: dict[str, Any] = {"n_members": int(truth.sum()), "n_nonmembers": int((real & ~truth).sum()),
@@ -220,7 +205,7 @@ def mi_split(manifest: Any, images: Any, *, n_each: int = 250, n_references: int
                    test_nonmembers=as_png(test_non), references=as_png(refs))
 
 
-def train_shadow_classifiers(shadow_handle: Any, members: Sequence[bytes], nonmembers: Sequence[bytes], *,
+def train_shadow_classifiers(shadow_handle: EncoderHandle, members: Sequence[bytes], nonmembers: Sequence[bytes], *,
                              n_views: int = 10, seed: int = 0, save: bool = True) -> dict[str, Any]:
     """Train T, V and S on the shadow encoder's members vs non-members and (``save``) keep
     them where :func:`~audit_lib.methods.membership_inference.load_default_classifier`
@@ -240,7 +225,7 @@ def train_shadow_classifiers(shadow_handle: Any, members: Sequence[bytes], nonme
     return out
 
 
-def evaluate_encodermi(target_handle: Any, classifiers: dict[str, Any], split: MiSplit, *, n_views: int = 10,
+def evaluate_encodermi(target_handle: EncoderHandle, classifiers: dict[str, Any], split: MiSplit, *, n_views: int = 10,
                        alpha: float = 0.05, collection_size: int = 10, seed: int = 0) -> dict[str, Any]:
     """Score the target's members, test non-members and references with each rule."""
     from audit_lib.methods.membership_inference import view_features

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from audit_lib.embedding import l2_normalise
+
 
 @dataclass(frozen=True)
 class DownstreamRecipe:
@@ -40,13 +42,6 @@ class DownstreamRecipe:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 @dataclass

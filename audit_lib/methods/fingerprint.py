@@ -54,19 +54,20 @@ rule on 1001 thresholds. 1.0 needs every positive at 1 and every negative at 0.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from audit_lib import stats
+from audit_lib.embedding import embed_pngs, normalise_rows, torch_threads
 from audit_lib.findings import FindingResult
+from audit_lib.imaging import png_batch
+from audit_lib.method_registry import MethodSpec, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -177,19 +178,6 @@ def random_transform(x01: torch.Tensor, name: str, generator: torch.Generator, *
     raise ValueError(f"transform {name!r}: expected one of {TRANSFORMS}")
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads, restoring the previous setting after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- embeddings
 
 def embed_differentiable(network: Network, x01: torch.Tensor) -> torch.Tensor:
@@ -208,48 +196,6 @@ def embed_differentiable(network: Network, x01: torch.Tensor) -> torch.Tensor:
     emb = network.encode_image((x01 - mean) / std)
     return F.normalize(emb.float(), dim=-1)
 
-
-def normalise_rows(embeddings: np.ndarray) -> np.ndarray:
-    """L2-normalise embeddings (rows); a zero row stays zero."""
-    emb = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb / np.where(norms > 0, norms, 1.0)
-
-
-def png_bytes(images_u8: np.ndarray) -> list[bytes]:
-    """The fingerprints as the PNG files a verification sends (N, H, W, 3) uint8 -> bytes."""
-    from PIL import Image
-
-    if images_u8.dtype != np.uint8 or images_u8.ndim != 4 or images_u8.shape[-1] != 3:
-        raise ValueError(f"fingerprints: expected uint8 (N, H, W, 3), got {images_u8.dtype} {images_u8.shape}")
-    out = []
-    for img in images_u8:
-        buf = io.BytesIO()
-        Image.fromarray(img, "RGB").save(buf, format="PNG", optimize=False, compress_level=6)
-        out.append(buf.getvalue())
-    return out
-
-
-def embed_pngs_local(network: Network, pngs: Sequence[bytes]) -> np.ndarray:
-    """Embeddings of PNG files by a local network with the handles' own preprocessing
-    (``audit_lib.encoders.local.preprocess_uint8``): the zoo is scored exactly as a
-    verification through a handle would see it."""
-    import torch
-
-    from audit_lib.encoders.local import preprocess_uint8
-
-    pre = network.preprocess
-    arr = np.stack([preprocess_uint8(data, pre.image_size) for data in pngs])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std).view(1, 3, 1, 1)
-    device = next(iter(network.module.parameters())).device
-    with torch.inference_mode():
-        emb = network.encode_image(((x - mean) / std).to(device))
-    return emb.float().cpu().numpy()
-
-
-# --------------------------------------------------------------------------- verifier
 
 def make_verifier(n_fingerprints: int, dim: int, hidden: int) -> torch.nn.Module:
     """V: flattened (N x d) unit embeddings -> hidden (ReLU) -> one logit of P(pirated)."""
@@ -330,9 +276,9 @@ def _freeze(network: Network) -> None:
 
 
 def score_zoo(entries: Sequence[ZooEntry], images_u8: np.ndarray, verifier: Any,
-              embed: Callable[[Network, Sequence[bytes]], np.ndarray] = embed_pngs_local) -> dict[str, dict[str, Any]]:
+              embed: Callable[[Network, Sequence[bytes]], np.ndarray] = embed_pngs) -> dict[str, dict[str, Any]]:
     """V's logit and score for every zoo model on the exact PNG fingerprints."""
-    pngs = png_bytes(images_u8)
+    pngs = png_batch(images_u8)
     out = {}
     for e in entries:
         logit = verifier_logit(verifier, embed(e.network, pngs))
@@ -568,7 +514,7 @@ class FingerprintEnrolment:
         return v.eval()
 
     def pngs(self) -> list[bytes]:
-        return png_bytes(self.images)
+        return png_batch(self.images)
 
     def to_artefact(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, JSON spec) for ``audit_lib.ownership.commit_artefact``; no pickle."""
@@ -665,3 +611,19 @@ def verify(handle: EncoderHandle, enrolment: FingerprintEnrolment, alpha: float 
                          statistic=logit, null_description=null_desc, p_value=d.p_value,
                          alpha=alpha, decision=d.decision, effect_size=d.effect_size,
                          parameters=params, details=details)
+
+
+SPEC = register(MethodSpec(
+    name=METHOD, version=METHOD_VERSION, area="ownership", hypothesis=HYPOTHESIS, access=frozenset({"image"}),
+    run=verify, title="Fingerprint check (MetaV)",
+    question="Does the suspect model respond to the owner's fingerprint inputs like a copy?",
+    how=("The owner prepared a small set of fingerprint images and a verifier trained to tell "
+         "copies of the owned model (fine-tuned, pruned, stolen ...) from independent models by "
+         "their answers to those images. The suspect's answers are scored by the verifier, and "
+         "the score is ranked among held-out independent models never used in training."),
+    reference=("X. Pan, Y. Yan, M. Zhang, M. Yang: \"MetaV: A Meta-Verifier Approach to "
+               "Task-Agnostic Model Fingerprinting\", ACM KDD 2022; arXiv:2201.07391."),
+    assumptions=("the held-out negative models are representative of independent models a suspect could be",),
+    task="audit_lib.pipelines.ownership:fingerprint_task", figures="audit_lib.reports.figures:fingerprint_figures",
+    tables="audit_lib.reports.tables:fingerprint_table", order=40,
+))

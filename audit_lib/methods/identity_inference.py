@@ -46,8 +46,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit_lib.encoders.base import NotApplicable
+from audit_lib.encoders.base import EncoderHandle, NotApplicable, TextSetHandle
 from audit_lib.findings import FindingResult
+from audit_lib.method_registry import MethodSpec, SubjectInputs, register
 from audit_lib.methods import MethodInputError
 from audit_lib.stats import empirical_p_value
 
@@ -200,17 +201,20 @@ def _digest(obj) -> str:
 def decoy_set_sha256(decoy_texts: Sequence[str]) -> str:
     """The digest of the decoy prompts as a set evidence item commits to it: sha256 of the
     ordered prompts' sha256 hex digests joined by newlines (``member_set_sha256``)."""
-    from audit_lib.encoders.cache import member_set_sha256, text_hashes
+    from audit_lib.encoders.cache import member_set_sha256
+    from audit_lib.encoders.text_set_memo import text_hashes
 
     return member_set_sha256(text_hashes(decoy_texts))
 
 
-def _encode_decoys(handle, decoy_texts: list[str]) -> np.ndarray:  # noqa: ANN001 - any handle
+def _encode_decoys(handle: EncoderHandle, decoy_texts: list[str]) -> np.ndarray:
     """The decoy prompts' embeddings: through the handle's text-set path where it has one
-    (the store-backed handle: fetched once per model version and process, ONE evidence
-    item per audit instead of one per prompt), else as ordinary text queries."""
-    encode = getattr(handle, "encode_text_set", None) or handle.encode_texts
-    return encode(decoy_texts)
+    (:class:`TextSetHandle`, the store-backed handle: fetched once per model version and
+    process, ONE evidence item per audit instead of one per prompt), else as ordinary text
+    queries."""
+    if isinstance(handle, TextSetHandle):
+        return handle.encode_text_set(decoy_texts)
+    return handle.encode_texts(decoy_texts)
 
 
 def _not_applicable(reason: str, parameters: dict) -> FindingResult:
@@ -224,7 +228,7 @@ def _not_applicable(reason: str, parameters: dict) -> FindingResult:
                  "decoy_rank": None})
 
 
-def run_idia(handle, images: Sequence[bytes], name: str, *, aliases: Sequence[str] = (),
+def run_idia(handle: EncoderHandle, images: Sequence[bytes], name: str, *, aliases: Sequence[str] = (),
              sex: str | None = None, n_candidates: int = 1000, tau: int = 1, alpha: float = 0.05,
              seed: int = 42, decoys: Sequence[str] | None = None) -> FindingResult:
     """Run IDIA for one person on one model and return the calibrated finding.
@@ -283,7 +287,12 @@ def run_idia(handle, images: Sequence[bytes], name: str, *, aliases: Sequence[st
             return None
         return " / ".join(cands.names[ident * g:(ident + 1) * g])
 
-    templates = [{"template": t, "plurality_name": label(w), "correct": w == 0, "votes": v}
+    # the subject's own names are never written into a finding (an erasure could not take
+    # them out of the append-only store): the winner is named by candidate index, and a
+    # decoy (synthetic) identity by its names
+    templates = [{"template": t, "plurality_candidate": w,
+                  "plurality_name": label(w) if w not in (None, 0) else None,
+                  "correct": w == 0, "votes": v}
                  for t, w, v in zip(TEMPLATES, scores.plurality, scores.votes_of_winner)]
     details = {
         "observed": observed, "null_scores": [float(x) for x in null],
@@ -301,3 +310,51 @@ def run_idia(handle, images: Sequence[bytes], name: str, *, aliases: Sequence[st
                           f"identities (seed {seed}); p = (1 + #decoys >= true) / (M + 1)"),
         p_value=p, alpha=alpha, decision="positive" if p <= alpha else "negative",
         effect_size=n_correct / n_t, parameters=parameters, details=details)
+
+
+def check_subject(inputs: SubjectInputs) -> None:
+    """The pair task's checks, run before the model is opened (a refusal costs no query):
+    the level, tau, the subject's sex and, for a model with text, enough photos."""
+    p = inputs.params
+    alpha, tau, sex = float(p["alpha"]), int(p["tau"]), inputs.sex
+    if not 0 < alpha < 1:
+        raise MethodInputError(f"alpha = {alpha} is not in (0, 1)")
+    if "text" not in inputs.capabilities:
+        return  # the finding is not_applicable; nothing else to check
+    if len(inputs.images) < MIN_IMAGES:
+        raise MethodInputError(f"identity inference: {len(inputs.images)} reference photo(s) of the subject; at "
+                               f"least {MIN_IMAGES} are needed (register the subject with more photos)")
+    if not 1 <= tau <= len(TEMPLATES):
+        raise MethodInputError(f"identity inference: tau = {tau} is not in 1..{len(TEMPLATES)}")
+    if sex is not None and sex not in ("f", "m"):
+        raise MethodInputError(f"identity inference: sex {sex!r} is not 'f' or 'm'")
+
+
+def run_subject(handle: EncoderHandle, inputs: SubjectInputs, prepared: None = None) -> FindingResult:
+    """The pair task's call: :func:`run_idia` on the subject's reference photos."""
+    p = inputs.params
+    return run_idia(handle, inputs.images, inputs.name, aliases=inputs.aliases, sex=inputs.sex,
+                    n_candidates=int(p["n_candidates"]), tau=int(p["tau"]), alpha=float(p["alpha"]),
+                    seed=int(p["seed"]))
+
+
+SPEC = register(MethodSpec(
+    name=METHOD, version=METHOD_VERSION, area="privacy", hypothesis=HYPOTHESIS,
+    access=frozenset({"image", "text"}), run=run_idia, aliases=("identity", "identity_inference"),
+    title="Identity inference (IDIA)",
+    question="Does the model associate this person's face with their name?",
+    how=("The model is shown the person's photos and asked, with 21 different phrasings "
+         "(\"a photo of ...\", \"actor ...\", ...), which of about 1,000 names fits best: the "
+         "person's own name and synthetic decoy names. A phrasing counts as correct when most "
+         "photos pick the person's name. The person's name and every decoy name are scored "
+         "the same way (phrasings won); the p-value is the person's rank among the decoys."),
+    reference=("D. Hintersdorf, L. Struppek, M. Brack, F. Friedrich, P. Schramowski, K. Kersting: "
+               "\"Does CLIP Know My Face?\", Journal of Artificial Intelligence Research 80, 2024; "
+               "arXiv:2209.07341."),
+    assumptions=("the decoy names were, before looking at the model, as likely as the "
+                 "person's name to be predicted for these photos",),
+    web_label="Identity inference (does the model know this person?)",
+    null_in_words="if the model had not been trained on this person", short="identity",
+    subject_images="reference", check=check_subject, task=run_subject,
+    figures="audit_lib.reports.figures:idia_figures", tables="audit_lib.reports.tables:idia_table", order=10,
+))

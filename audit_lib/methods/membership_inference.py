@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from audit_lib.encoders.base import EncoderHandle
 from audit_lib.findings import FindingResult
+from audit_lib.method_registry import MethodSpec, SubjectInputs, register
 from audit_lib.methods import MethodInputError
 from audit_lib.methods.mi_classifiers import RULES, MIClassifier, pairwise_similarities
 from audit_lib.methods.views import DEFAULT_RECIPE, VIEWS_VERSION, ViewRecipe, make_views
@@ -68,7 +70,7 @@ def load_default_classifier(rule: str, n_views: int) -> MIClassifier:
     return MIClassifier.load(path)
 
 
-def view_features(handle, images: Sequence[bytes], n_views: int = 10,
+def view_features(handle: EncoderHandle, images: Sequence[bytes], n_views: int = 10,
                   recipe: ViewRecipe = DEFAULT_RECIPE) -> np.ndarray:
     """(N, n(n-1)/2) pairwise cosine similarities of each image's seeded views, from one
     batched query of N * n views (``kind="view"``)."""
@@ -136,7 +138,7 @@ def check_inputs(images: Sequence[bytes], reference_nonmembers: Sequence[bytes],
     return classifier
 
 
-def run_encodermi(handle, images: Sequence[bytes], reference_nonmembers: Sequence[bytes], *,
+def run_encodermi(handle: EncoderHandle, images: Sequence[bytes], reference_nonmembers: Sequence[bytes], *,
                   rule: str = "T", n_views: int = 10, alpha: float = 0.05,
                   classifier: MIClassifier | None = None) -> FindingResult:
     """Run EncoderMI for a collection of claimed images on one model and return the
@@ -184,3 +186,39 @@ def run_encodermi(handle, images: Sequence[bytes], reference_nonmembers: Sequenc
                           f"reference); per image: rank p-value with Holm correction"),
         p_value=p_mw, alpha=alpha, decision="positive" if p_mw <= alpha else "negative",
         effect_size=effect, parameters=parameters, details=details)
+
+
+def check_subject(inputs: SubjectInputs) -> MIClassifier:
+    """The pair task's checks (:func:`check_inputs` on the subject's claimed images and the
+    model's reference non-members), run before the model is opened; returns the classifier."""
+    p = inputs.params
+    return check_inputs(inputs.images, inputs.reference_nonmembers, rule=str(p["membership_rule"]),
+                        n_views=int(p["n_views"]), alpha=float(p["alpha"]))
+
+
+def run_subject(handle: EncoderHandle, inputs: SubjectInputs, prepared: MIClassifier | None = None) -> FindingResult:
+    """The pair task's call: :func:`run_encodermi` on the subject's claimed images."""
+    p = inputs.params
+    return run_encodermi(handle, inputs.images, inputs.reference_nonmembers, rule=str(p["membership_rule"]),
+                         n_views=int(p["n_views"]), alpha=float(p["alpha"]), classifier=prepared)
+
+
+SPEC = register(MethodSpec(
+    name=METHOD, version=METHOD_VERSION, area="privacy", hypothesis=HYPOTHESIS, access=frozenset({"image"}),
+    run=run_encodermi, aliases=("membership", "membership_inference", "encodermi"),
+    title="Membership inference (EncoderMI)",
+    question="Were these particular images used to train the encoder?",
+    how=("Each image is altered several times (crops, flips, colour changes) and the model's "
+         "embeddings of the variants are compared. Encoders tend to give more consistent "
+         "embeddings for images they were trained on. The scores of the claimed images are "
+         "compared with images that cannot have been in the training data (reference "
+         "non-members), per image and as a group (one-sided Mann-Whitney U test)."),
+    reference=("H. Liu, J. Jia, W. Qu, N. Z. Gong: \"EncoderMI: Membership Inference against "
+               "Pre-trained Encoders in Contrastive Learning\", ACM CCS 2021; arXiv:2108.11023."),
+    assumptions=("the reference non-members come from the same kind of images as the claimed images",),
+    web_label="Membership inference (were this person's images used in training?)",
+    null_in_words="if the model had not been trained on these images", short="membership",
+    subject_images="claimed", needs_reference_nonmembers=True, holm_per_image=True,
+    check=check_subject, task=run_subject, figures="audit_lib.reports.figures:encoder_mi_figures",
+    tables="audit_lib.reports.tables:encoder_mi_table", order=20,
+))

@@ -35,7 +35,6 @@ Where we depart, and why:
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from audit_lib.encoders.base import EncoderHandle
 from audit_lib.findings import FindingResult
+from audit_lib.imaging import png_bytes
+from audit_lib.method_registry import MethodSpec, register
 from audit_lib.methods.downstream import (DownstreamClassifier, DownstreamRecipe, agreement, fit_classifier,
                                           l2_normalise, mean_cosine)
 
@@ -128,19 +130,7 @@ def view_augment_config(recipe: StealRecipe) -> Any:
 
 # --- images and queries ---------------------------------------------------------------------
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """One (h, w, 3) uint8 image as PNG bytes (lossless, deterministic)."""
-    from PIL import Image
-
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"png_bytes: expected an (h, w, 3) uint8 image, got {arr.shape} {arr.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def query_once(handle: Any, images: np.ndarray, *, kind: str = "image") -> np.ndarray:
+def query_once(handle: EncoderHandle, images: np.ndarray, *, kind: str = "image") -> np.ndarray:
     """Embed each (h, w, 3) uint8 image once through ``handle`` (PNG-encoded, so a remote
     API receives exactly these pixels); returns L2-normalised float32 features."""
     payload = [png_bytes(im) for im in images]
@@ -171,7 +161,7 @@ class StolenCopy:
     final_loss: float
     losses: list[float] = field(default_factory=list)
 
-    def handle(self, device: str | None = None) -> Any:
+    def handle(self, device: str | None = None) -> EncoderHandle:
         """The copy as an encoder handle (LocalEncoder)."""
         from audit_lib.encoders.local import LocalEncoder
 
@@ -263,7 +253,7 @@ def train_stolen_encoder(images: np.ndarray, target_features: np.ndarray, recipe
     return StolenCopy(net, n, recipe, module_sha256(model), losses[-1], losses)
 
 
-def steal_encoder(target: Any, surrogate: np.ndarray, recipe: StealRecipe = StealRecipe(), *,
+def steal_encoder(target: EncoderHandle, surrogate: np.ndarray, recipe: StealRecipe = StealRecipe(), *,
                   progress: bool = True) -> StolenCopy:
     """Query ``target`` (any encoder handle; a remote one counts these against its budget)
     once per surrogate image and train a stolen copy on the answers."""
@@ -295,7 +285,7 @@ class Reference:
     accuracy: float
 
 
-def reference_for(handle: Any, split: LabelledSplit, recipe: DownstreamRecipe = DownstreamRecipe(),
+def reference_for(handle: EncoderHandle, split: LabelledSplit, recipe: DownstreamRecipe = DownstreamRecipe(),
                   *, kind: str = "downstream") -> Reference:
     """Embed the downstream split through ``handle`` and train the downstream classifier."""
     tr = query_once(handle, split.train_images, kind=kind)
@@ -373,7 +363,7 @@ class CurvePoint:
         return asdict(self)
 
 
-def theft_curve(attack_handles: Mapping[str, Any], clean: Any, surrogate: np.ndarray, budgets: Sequence[int],
+def theft_curve(attack_handles: Mapping[str, EncoderHandle], clean: EncoderHandle, surrogate: np.ndarray, budgets: Sequence[int],
                 split: LabelledSplit, *, recipe: StealRecipe = StealRecipe(),
                 downstream: DownstreamRecipe = DownstreamRecipe(), train_size: int | None = None,
                 on_copy: Callable[[str, int, StolenCopy], None] | None = None,
@@ -487,3 +477,24 @@ def plot_curve(points: Sequence[CurvePoint], path: Any, *, title: str = "StolenE
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+SPEC = register(MethodSpec(
+    name=METHOD, version=METHOD_VERSION, area="ownership",
+    hypothesis=("H0: a copy trained on the API's answers agrees with the target's downstream predictions "
+                "no more than an independently trained encoder does"),
+    access=frozenset({"image"}), run=theft_finding, title="Theft-risk estimate (StolenEncoder)",
+    question="How cheaply could the owned model be copied through its API?",
+    how=("A copy is trained only from the owned model's answers to a budget of queries, as a "
+         "thief would, with and without output defences. The copy's accuracy on a downstream "
+         "task is compared with the original's. This estimates how exposed the owned model "
+         "is; it is not evidence about a suspect model. Where the copy's agreement with the "
+         "original is ranked among independently trained encoders, the p-value says how "
+         "unusual that agreement would be without theft."),
+    reference=("Y. Liu, J. Jia, H. Liu, N. Z. Gong: \"StolenEncoder: Stealing Pre-trained Encoders "
+               "in Self-supervised Learning\", ACM CCS 2022; arXiv:2201.05889."),
+    assumptions=("the surrogate images resemble what a thief could obtain",),
+    tests_the_case=False, descriptive=True, departs=False,
+    figures="audit_lib.reports.figures:theft_figures", tables="audit_lib.reports.tables:theft_table",
+    summary="audit_lib.reports.tables:theft_summary", order=50,
+))

@@ -68,9 +68,11 @@ from typing import Any
 
 import numpy as np
 
+from audit_lib.encoders.base import EncoderHandle
 from audit_lib.findings import FindingResult
+from audit_lib.imaging import png_bytes
+from audit_lib.method_registry import MethodSpec, register
 from audit_lib.methods.downstream import l2_normalise
-from audit_lib.methods.theft import png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +235,7 @@ class Statistics:
     summary: dict[str, float] = field(default_factory=dict)  # mode-specific descriptive figures
 
 
-def white_box_statistics(handle: Any, key: np.ndarray, probes: np.ndarray, delta: np.ndarray,
+def white_box_statistics(handle: EncoderHandle, key: np.ndarray, probes: np.ndarray, delta: np.ndarray,
                          controls: np.ndarray) -> Statistics:
     """Mean paired shift towards the key for delta and each control, through ``handle``
     (every query a PNG-encoded image; 1 + n + (C + 1) n queries)."""
@@ -368,7 +370,7 @@ def key_sha256(key: np.ndarray) -> str:
     return hashlib.sha256(png_bytes(np.asarray(key, dtype=np.uint8))).hexdigest()
 
 
-def verify_watermark(suspect_handle: Any, artefact: Any, *, alpha: float | None = None,
+def verify_watermark(suspect_handle: EncoderHandle, artefact: Any, *, alpha: float | None = None,
                      classify: Callable[[list[bytes]], np.ndarray] | None = None) -> FindingResult:
     """Verify a committed watermark artefact (:class:`audit_lib.ownership.Artefact`) on a
     suspect: white-box through ``suspect_handle``, or black-box when ``classify`` (the
@@ -471,7 +473,7 @@ def train_watermark(network: Any, clean: np.ndarray, pool: np.ndarray, pool_labe
 
 
 def calibrate_watermark(trained: TrainedWatermark, *, recipe: WatermarkRecipe = WatermarkRecipe(),
-                        alpha: float = 0.01, independents: Sequence[Any] = (),
+                        alpha: float = 0.01, independents: Sequence[EncoderHandle] = (),
                         independent_classifiers: Sequence[Callable[[list[bytes]], np.ndarray]] = ()) -> Enrolment:
     """The artefact to commit: controls of equal norm, and the real perturbation's
     statistics on independently trained encoders (handles; for the black-box mode their
@@ -488,7 +490,7 @@ def calibrate_watermark(trained: TrainedWatermark, *, recipe: WatermarkRecipe = 
             "null": "controls of equal norm on the suspect + real delta on independent encoders; "
                     "p = (1 + #{null >= observed}) / (N + 1)",
             "independent_white_box": white, "independent_black_box": black,
-            "independent_versions": [getattr(h, "model_version", None) for h in independents]}
+            "independent_versions": [h.model_version for h in independents]}
     tensors = {"key": np.asarray(key, np.uint8), "delta": delta, "controls": controls,
                "probes": np.asarray(probes, np.uint8), "marked": np.asarray(trained.marked_images, np.uint8)}
     return Enrolment(trained.marked, tensors, spec, trained.losses)
@@ -503,3 +505,22 @@ def enrol_watermark(network: Any, clean: np.ndarray, pool: np.ndarray, pool_labe
     trained = train_watermark(network, clean, pool, pool_labels, recipe=recipe, progress=progress)
     return calibrate_watermark(trained, recipe=recipe, alpha=alpha, independents=independents,
                                independent_classifiers=independent_classifiers)
+
+
+SPEC = register(MethodSpec(
+    name=METHOD, version=METHOD_VERSION, area="ownership",
+    hypothesis="H0: the suspect was not derived from the owner's watermarked encoder",
+    access=frozenset({"image"}), run=verify_watermark,
+    title="Watermark check (AWEncoder)",
+    question="Does the suspect model carry the owner's hidden watermark?",
+    how=("The owner embedded a secret watermark before release: a small, invisible image "
+         "perturbation that moves a marked model's embeddings towards a secret key image. The "
+         "suspect is shown probe images with and without the perturbation, and the shift "
+         "towards the key is measured. The same shift is measured for control perturbations "
+         "and for independently trained models: that is the comparison population."),
+    reference=("T. Zhang, H. Wu, X. Lu, G. Sun: \"AWEncoder: Adversarial Watermarking Pre-trained "
+               "Encoders in Contrastive Learning\", arXiv:2208.03948, 2022."),
+    assumptions=("the key, perturbation and probes were fixed and committed before the suspect was queried",),
+    task="audit_lib.pipelines.ownership:watermark_task", figures="audit_lib.reports.figures:watermark_figures",
+    tables="audit_lib.reports.tables:watermark_table", order=30,
+))

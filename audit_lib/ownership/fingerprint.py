@@ -45,13 +45,13 @@ def enrolment_images(image_size: int, count: int = 1024) -> tuple[np.ndarray, np
     fingerprint initialisation images). The zoo's image set (CIFAR-10 subset, or digits);
     test-array images, so none is the owned model's training data."""
     from audit_lib.encoders.local import preprocess_uint8
-    from audit_lib.methods.fingerprint import png_bytes
+    from audit_lib.imaging import png_bytes
     from audit_lib.zoo.data import load_images
 
     images = load_images()
     x = images.x_test
     if x.shape[1] != image_size or x.shape[2] != image_size:
-        x = np.stack([preprocess_uint8(png_bytes(img[None])[0], image_size) for img in x[:count + INIT_IMAGES]])
+        x = np.stack([preprocess_uint8(png_bytes(img), image_size) for img in x[:count + INIT_IMAGES]])
     return np.ascontiguousarray(x[:count]), np.ascontiguousarray(x[count:count + INIT_IMAGES])
 
 

@@ -30,7 +30,7 @@ def _stolen_through_api(handle: Any, surrogate: np.ndarray, recipe: Any) -> Any:
     from audit_lib.methods.theft import steal_encoder
     from audit_lib.server.testing import running_server
 
-    env = "AUDIT_MEASURE_THEFT_KEY"
+    env = "AUDIT_CRED_MEASURE_THEFT"
     os.environ[env] = "sk-measure-" + os.urandom(8).hex()
     try:
         with running_server(encoder=handle, keys={os.environ[env]: {"name": "attacker"}}) as url:

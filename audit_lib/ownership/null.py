@@ -164,7 +164,7 @@ def trained_independents(architecture: str, public: np.ndarray, n: int, cache_di
     from dataclasses import replace
 
     from audit_lib.encoders.loading import save_weights
-    from audit_lib.methods.fingerprint import torch_threads
+    from audit_lib.embedding import torch_threads
     from audit_lib.zoo.suspects import SuspectZooConfig, train_independent
 
     if n <= 0:

@@ -25,6 +25,7 @@ the findings that name them.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -144,8 +145,10 @@ def current_image_sets(session: Session, model_id: int) -> dict[str, ModelImageS
 def _stage(prepared: PreparedSet, staging: Path) -> None:
     for img, row in zip(prepared.images, prepared.manifest):
         path = staging / row["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(img.data)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # images may be personal data
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(img.data)
 
 
 def add_model_data(session: Session, model: AuditedModel, *, owner: Path | None = None, public: Path | None = None,
@@ -211,7 +214,7 @@ def add_model_data(session: Session, model: AuditedModel, *, owner: Path | None 
             final, staged = root / folder, staging / prep.role
             if final.is_dir() or not staged.is_dir():  # content-addressed: already in place
                 continue
-            final.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             staged.replace(final)
         shutil.rmtree(staging, ignore_errors=True)
 

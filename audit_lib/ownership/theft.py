@@ -112,6 +112,21 @@ def _null_models(session: Any, target: Any, names: tuple[str, ...], data_source:
     return models, source  # rows stay readable after the session (expire_on_commit=False)
 
 
+def is_zoo_checkpoint(model: Any, manifest: Any) -> bool:
+    """Whether the registered checkpoint ``model`` is one of the reference zoo's entries (same
+    weights file, or the same weights by sha256): only then may ``--data auto`` fall back to
+    the zoo's images, whose splits were made for those entries."""
+    from audit_lib.encoders.loading import file_sha256
+
+    if model.kind != "checkpoint" or not model.weights_path:
+        return False
+    path = Path(model.weights_path)
+    entries = list(manifest.entries)
+    if any(Path(e.weights_path).resolve() == path.resolve() for e in entries):
+        return True
+    return path.is_file() and file_sha256(path) in {e.sha256 for e in entries}
+
+
 def _shares_need_train_size(text: str) -> bool:
     return any(p.strip().endswith("%") for p in text.split(","))
 
@@ -163,6 +178,10 @@ def plan_theft(session: Any, target_ref: int | str, *, budgets: str = "1%,5%,10%
             raise OwnerDataError(f"model {model.name} has no registered public, downstream image set: run "
                                  f"`encoder-audit models data add --model {model.name} --public DIR --downstream DIR` "
                                  f"(or build the reference zoo: `encoder-audit zoo build --profile {profile}`)") from None
+        if data == "auto" and not is_zoo_checkpoint(model, manifest):
+            raise OwnerDataError(f"model {model.name} is not a reference-zoo entry and has no registered public, "
+                                 f"downstream image set: run `encoder-audit models data add --model {model.name} "
+                                 "--public DIR --downstream DIR` (or pass --data zoo to use the zoo's images)")
         got = ownership_data(manifest, zoo_entry, downstream_per_class=downstream_per_class)
         size, source = None, "zoo"
         if train_size is not None and train_size != got.train_size:
@@ -232,7 +251,7 @@ def _steal_checkpoint(plan: TheftPlan, run_key: str, progress: bool, database_ur
 
     labels = ["none", *plan.defences]
     keys = {label: "sk-theft-" + secrets.token_urlsafe(18) for label in labels}
-    env_names = {label: f"AUDIT_THEFT_KEY_{i}_{secrets.token_hex(4).upper()}" for i, label in enumerate(labels)}
+    env_names = {label: f"AUDIT_CRED_THEFT_{i}_{secrets.token_hex(4).upper()}" for i, label in enumerate(labels)}
     d = plan.data
     per_key_budget = sum(plan.budgets) + len(d.downstream.train_images) + len(d.downstream.test_images)
     server_keys = {keys[lb]: {"name": f"theft-{lb}", "defences": plan.defences.get(lb, {}), "seed": i}

@@ -45,6 +45,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "watermark_steps": 60, "downstream_per_class": 30, "suspect_zoo": "ci", "n_fingerprints": 16,
     "fingerprint_steps": 60, "fingerprint_alpha": 0.01, "theft_budgets": "1%,5%,10%", "theft_epochs": 12,
     "theft_lr": 0.05, "null_min": 3, "null_epochs": 3,
+    # Registered data only (the zoo states both): the model's training-set size, which budgets
+    # given as shares need, and its input size when its preprocessing does not state it.
+    "theft_train_size": None, "theft_image_size": None,
 }
 
 
@@ -169,6 +172,10 @@ def step_calibration(model_id: int, run_key: str, p: dict[str, Any], db_url: str
     return out
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def step_theft_risk(model_id: int, run_key: str, p: dict[str, Any], db_url: str | None) -> dict[str, Any]:
     from audit_lib.methods.theft import StealRecipe
     from audit_lib.ownership.theft import run_theft_risk
@@ -178,6 +185,8 @@ def step_theft_risk(model_id: int, run_key: str, p: dict[str, Any], db_url: str 
                          recipe=StealRecipe(epochs=int(p["theft_epochs"]), lr=float(p["theft_lr"])),
                          profile=str(p["zoo_profile"]), zoo_entry=str(p["zoo_entry"]), zoo_cache=zoo_cache_root(),
                          run_key=f"{run_key}/theft", downstream_per_class=int(p["downstream_per_class"]),
+                         train_size=_optional_int(p.get("theft_train_size")),
+                         image_size=_optional_int(p.get("theft_image_size")),
                          progress=False, database_url=db_url)
     return {"finding_id": out.finding_id, "decision": out.result.decision, "p_value": out.result.p_value,
             "curve_png": str(out.png)}

@@ -3,13 +3,12 @@ evidence chain of the task's audit run)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from audit_lib.encoders.base import EncoderHandle, QueryCounts, RecordingHandle
 from audit_lib.store import session_scope
 from audit_lib.store.models import AuditedModel
 
 
-def open_model_handle(model_id: int, run_key: str, *, db_url: str | None = None) -> Any:
+def open_model_handle(model_id: int, run_key: str, *, db_url: str | None = None) -> RecordingHandle:
     """The evidence-recording handle for model ``model_id`` (``audit_lib.encoders.open_handle``).
 
     The model row is read in a short session and detached; the handle opens its own
@@ -25,9 +24,8 @@ def open_model_handle(model_id: int, run_key: str, *, db_url: str | None = None)
     return open_handle(model, run_key=run_key, db_url=db_url)
 
 
-def query_stats(handle: Any) -> str:
+def query_stats(handle: EncoderHandle) -> str:
     """'N sent to the model, H cache hits' from the handle's counters, for the task log."""
-    hits, misses = getattr(handle, "hits", None), getattr(handle, "misses", None)
-    if hits is None or misses is None:
+    if not isinstance(handle, QueryCounts):
         return "query counters not available"
-    return f"{misses} queries sent to the model, {hits} answered from the cache"
+    return f"{handle.misses} queries sent to the model, {handle.hits} answered from the cache"

@@ -1,6 +1,7 @@
 """Task bodies of the ownership audit: for each owned (enrolled) x suspect model pair (the
-suspect a local checkpoint or an API), the watermark check (AWEncoder) and the fingerprint
-check (MetaV) against the owner's committed enrolment artefacts.
+suspect a local checkpoint or an API), each registered ownership check
+(:mod:`audit_lib.method_registry`: the watermark check, AWEncoder, and the fingerprint check,
+MetaV) against the owner's committed enrolment artefacts.
 
 The verification is the workflows' own (:func:`audit_lib.ownership.watermark.check_watermark`,
 :func:`audit_lib.ownership.fingerprint.check_fingerprint`: hash-checked artefacts, the
@@ -21,14 +22,32 @@ from typing import Any
 
 from sqlalchemy import select
 
+from audit_lib.encoders.base import RecordingHandle
+from audit_lib.findings import FindingResult
+from audit_lib.method_registry import OwnershipPair
 from audit_lib.pipelines.handles import open_model_handle, query_stats
 from audit_lib.store import session_scope
 from audit_lib.store.models import EnrolmentArtefact
 
 log = logging.getLogger(__name__)
 
-METHODS = ("watermark", "fingerprint")
-"""Ownership checks; each needs an enrolment artefact of the same kind on the owned model."""
+
+def ownership_methods() -> tuple[str, ...]:
+    """The registered ownership checks a pair task can run (:mod:`audit_lib.method_registry`);
+    each needs an enrolment artefact of its own kind on the owned model."""
+    from audit_lib.method_registry import names
+
+    return names("ownership", with_task=True)
+
+
+def _method(method: str) -> str:
+    """The registered name of an ownership check (aliases accepted), or ValueError."""
+    from audit_lib.method_registry import find
+
+    spec = find(method)
+    if spec is None or spec.area != "ownership" or spec.task is None:
+        raise ValueError(f"ownership method {method!r}: expected one of {', '.join(ownership_methods())}")
+    return spec.name
 
 
 def artefact_kinds(owned_ids: list[int], *, db_url: str | None = None) -> dict[int, list[str]]:
@@ -47,8 +66,7 @@ def plan_ownership_pairs(snapshot: dict[str, Any], versions: list[dict[str, Any]
                          *, db_url: str | None = None) -> list[dict[str, int]]:
     """Owned x suspect pairs, with the suspect's checked version; with ``method``, only
     owned models that have that method's artefact (others are named in the log)."""
-    if method is not None and method not in METHODS:
-        raise ValueError(f"ownership method {method!r}: expected one of {', '.join(METHODS)}")
+    method = None if method is None else _method(method)
     suspects = {v["model_id"]: v for v in versions}
     roles = {m["id"]: m["role"] for m in snapshot["models"]}
     owned = list(snapshot["owned_enrolled"])
@@ -66,32 +84,44 @@ def plan_ownership_pairs(snapshot: dict[str, Any], versions: list[dict[str, Any]
     return pairs
 
 
-def _verify(method: str, handle: Any, owned_id: int, suspect_id: int, alpha: float | None,
-            db_url: str | None) -> tuple[Any, str]:
-    """Run the method's workflow check on the owned model's latest committed artefact.
-    Returns (FindingResult, commitment sha256)."""
-    if method == "watermark":
-        from audit_lib.ownership.watermark import check_watermark
+def watermark_task(handle: RecordingHandle, pair: OwnershipPair) -> tuple[FindingResult, str]:
+    """The watermark spec's pipeline task: the workflow's check (AWEncoder) of the owned
+    model's latest committed artefact on the suspect. Returns (finding, commitment sha256)."""
+    from audit_lib.ownership.watermark import check_watermark
 
-        return check_watermark(handle, owned_id, alpha=alpha, database_url=db_url)
+    return check_watermark(handle, pair.owned_id, alpha=pair.alpha, database_url=pair.db_url)
+
+
+def fingerprint_task(handle: RecordingHandle, pair: OwnershipPair) -> tuple[FindingResult, str]:
+    """The fingerprint spec's pipeline task: the workflow's check (MetaV) of the owned
+    model's committed fingerprint on the suspect. Returns (finding, commitment sha256)."""
     from audit_lib.ownership.fingerprint import check_fingerprint
     from audit_lib.store.models import AuditedModel
 
-    with session_scope(db_url) as session:
-        suspect = session.get(AuditedModel, int(suspect_id))
+    with session_scope(pair.db_url) as session:
+        suspect = session.get(AuditedModel, int(pair.suspect_id))
         session.expunge(suspect)
-    return check_fingerprint(handle, owned_id, suspect, alpha=alpha, database_url=db_url)
+    return check_fingerprint(handle, pair.owned_id, suspect, alpha=pair.alpha, database_url=pair.db_url)
+
+
+def _verify(method: str, handle: RecordingHandle, owned_id: int, suspect_id: int, alpha: float | None,
+            db_url: str | None) -> tuple[FindingResult, str]:
+    """Run the method's registered task on the owned model's latest committed artefact.
+    Returns (FindingResult, commitment sha256)."""
+    from audit_lib.method_registry import get, hook
+
+    task = hook(get(method, "ownership"), "task")
+    return task(handle, OwnershipPair(owned_id=owned_id, suspect_id=suspect_id, alpha=alpha, db_url=db_url))
 
 
 def check_pair(method: str, pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
                *, db_url: str | None = None) -> dict[str, Any]:
-    """Run one ownership check (``watermark`` or ``fingerprint``) for one pair and store it
+    """Run one registered ownership check (``watermark``, ``fingerprint``, ...) for one pair and store it
     under target ``suspect:SUSPECT_ID`` with ``owned_model_id`` in its parameters
     (idempotent: a re-run for the same run returns the stored finding)."""
     from audit_lib.evidence import start_run, store_finding
 
-    if method not in METHODS:
-        raise ValueError(f"ownership method {method!r}: expected one of {', '.join(METHODS)}")
+    method = _method(method)
     alpha = (params or {}).get("alpha")
     alpha = None if alpha is None else float(alpha)  # None: the alpha committed at enrolment
     owned_id, suspect_id = int(pair["owned_id"]), int(pair["suspect_id"])

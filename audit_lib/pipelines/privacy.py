@@ -1,5 +1,6 @@
-"""Task bodies of the privacy audit: calibration once per model version, then identity and
-membership inference per subject x model pair. ``encoder-audit audit privacy`` uses the
+"""Task bodies of the privacy audit: calibration once per model version, then each registered
+privacy method (:mod:`audit_lib.method_registry`: identity and membership inference) per
+subject x model pair. ``encoder-audit audit privacy`` uses the
 same input checks (:func:`check_identity_inputs`, :func:`check_membership_inputs`, both run
 before the model is opened) and the same finding annotations (:func:`annotate`).
 
@@ -17,7 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from audit_lib.encoders.base import RecordingHandle
 from audit_lib.encoders.cache import query_counts, with_query_counts
+from audit_lib.findings import FindingResult
 from audit_lib.pipelines.handles import open_model_handle, query_stats
 from audit_lib.pipelines.references import has_reference_nonmembers, holm_references_needed, holm_warning, \
     load_reference_nonmembers
@@ -123,15 +126,18 @@ def _store(run_key: str, result: Any, pair: dict[str, int], db_url: str | None) 
 
 def run_chunk(method: str, chunk: Sequence[dict[str, int]], run_key: str, params: dict[str, Any] | None = None,
               *, db_url: str | None = None) -> list[dict[str, Any]]:
-    """Run ``identity`` or ``membership`` inference for each pair of one mapped task's chunk.
-    The pair is logged before it runs, so a failure's log names it; a retry finds the
-    findings already stored and recomputes nothing new (the query cache answers)."""
-    fn = {"identity": identity_pair, "membership": membership_pair}[method]
+    """Run the privacy method ``method`` (a registered name or alias, e.g. ``idia`` or
+    ``identity``) for each pair of one mapped task's chunk. The pair is logged before it
+    runs, so a failure's log names it; a retry finds the findings already stored and
+    recomputes nothing new (the query cache answers)."""
+    from audit_lib.method_registry import get
+
+    spec = get(method, "privacy")
     out = []
     for k, pair in enumerate(chunk, start=1):
-        log.info("%s inference %d/%d: subject %s on model %s", method, k, len(chunk), pair["subject_id"],
+        log.info("%s %d/%d: subject %s on model %s", spec.name, k, len(chunk), pair["subject_id"],
                  pair["model_id"])
-        out.append(fn(pair, run_key, params, db_url=db_url))
+        out.append(subject_pair(spec.name, pair, run_key, params, db_url=db_url))
     return out
 
 
@@ -151,60 +157,58 @@ def inputs_fail_fast() -> Iterator[None]:
         raise AirflowFailException(str(exc)) from exc
 
 
-def identity_pair(pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
-                  *, db_url: str | None = None) -> dict[str, Any]:
-    """Identity inference (IDIA) for one subject on one model; stores the finding."""
-    from audit_lib.methods.identity_inference import run_idia
+def subject_pair(method: str, pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
+                 *, db_url: str | None = None) -> dict[str, Any]:
+    """One registered privacy method for one subject on one model; stores the finding.
+
+    The method's spec says which of the subject's images it tests and whether it needs the
+    model's reference non-members; its ``check`` hook runs before the model is opened (a
+    refusal leaves no evidence), its ``task`` hook computes the finding through the model's
+    evidence-recording handle."""
+    from audit_lib.method_registry import SubjectInputs, get, hook
     from audit_lib.registry import subject_image_bytes
 
+    spec = get(method, "privacy")
+    task = hook(spec, "task")
+    if task is None or spec.subject_images is None:
+        raise ValueError(f"privacy method {spec.name} has no pipeline task")
     p = {**DEFAULT_PARAMS, **(params or {})}
     with session_scope(db_url) as session:
         subject = _subject(session, pair["subject_id"])
-        images = [data for _, data in subject_image_bytes(session, subject, "reference")]
+        images = [data for _, data in subject_image_bytes(session, subject, spec.subject_images)]
         name, aliases, sex, pseudonym = subject.name, list(subject.aliases or []), subject.sex, subject.pseudonym
-    capabilities = _capabilities(pair["model_id"], db_url)
-    check_identity_inputs(images, capabilities, alpha=float(p["alpha"]), tau=int(p["tau"]), sex=sex)
+        model_name = session.get(AuditedModel, int(pair["model_id"])).name
+    refs = (load_reference_nonmembers(int(pair["model_id"]), db_url=db_url)
+            if spec.needs_reference_nonmembers else [])
+    inputs = SubjectInputs(images=images, name=name, aliases=aliases, sex=sex, pseudonym=pseudonym,
+                           capabilities=_capabilities(pair["model_id"], db_url), reference_nonmembers=refs,
+                           params=p)
+    check = hook(spec, "check")
+    prepared = check(inputs) if check else None
     handle = _checked_handle(pair, run_key, db_url)
     since = query_counts(handle)
-    result = run_idia(handle, images, name, aliases=aliases, sex=sex, n_candidates=int(p["n_candidates"]),
-                      tau=int(p["tau"]), alpha=float(p["alpha"]), seed=int(p["seed"]))
-    result = annotate(result, handle, since)
+    result = annotate(task(handle, inputs, prepared), handle, since)
+    if result.details.get("holm_warning"):
+        log.warning("%s %s on model %s: %s", spec.name, pseudonym, model_name, result.details["holm_warning"])
     out = _store(run_key, result, pair, db_url)
-    log.info("idia %s on model %s: %d reference photos, %d candidates -> %s (p=%s, statistic=%s); "
-             "%s; finding %d %s", pseudonym, pair["model_id"], len(images), int(p["n_candidates"]),
+    log.info("%s %s on model %s: %d %s images%s -> %s (p=%s, statistic=%s); %s; finding %d %s", spec.name,
+             pseudonym, model_name, len(images), spec.subject_images,
+             f" vs {len(refs)} reference non-members" if spec.needs_reference_nonmembers else "",
              result.decision, result.p_value, result.statistic, query_stats(handle), out["finding_id"],
              "stored" if out["created"] else "already stored (re-run)")
     return out
 
 
+def identity_pair(pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
+                  *, db_url: str | None = None) -> dict[str, Any]:
+    """Identity inference (IDIA) for one subject on one model; stores the finding."""
+    return subject_pair("idia", pair, run_key, params, db_url=db_url)
+
+
 def membership_pair(pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
                     *, db_url: str | None = None) -> dict[str, Any]:
     """Membership inference (EncoderMI) of a subject's claimed images on one model."""
-    from audit_lib.methods.membership_inference import run_encodermi
-    from audit_lib.registry import subject_image_bytes
-
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    with session_scope(db_url) as session:
-        subject = _subject(session, pair["subject_id"])
-        images = [data for _, data in subject_image_bytes(session, subject, "claimed")]
-        pseudonym = subject.pseudonym
-        model_name = session.get(AuditedModel, int(pair["model_id"])).name
-    refs = load_reference_nonmembers(int(pair["model_id"]), db_url=db_url)
-    classifier = check_membership_inputs(images, refs, rule=str(p["membership_rule"]), n_views=int(p["n_views"]),
-                                         alpha=float(p["alpha"]))
-    handle = _checked_handle(pair, run_key, db_url)
-    since = query_counts(handle)
-    result = run_encodermi(handle, images, refs, rule=str(p["membership_rule"]),
-                           n_views=int(p["n_views"]), alpha=float(p["alpha"]), classifier=classifier)
-    result = annotate(result, handle, since)
-    if result.details.get("holm_warning"):
-        log.warning("encoder_mi %s on model %s: %s", pseudonym, model_name, result.details["holm_warning"])
-    out = _store(run_key, result, pair, db_url)
-    log.info("encoder_mi %s on model %s: %d claimed images vs %d reference non-members, rule %s -> "
-             "%s (p=%s); %s; finding %d %s", pseudonym, model_name, len(images), len(refs),
-             p["membership_rule"], result.decision, result.p_value, query_stats(handle),
-             out["finding_id"], "stored" if out["created"] else "already stored (re-run)")
-    return out
+    return subject_pair("encoder_mi", pair, run_key, params, db_url=db_url)
 
 
 def _capabilities(model_id: int, db_url: str | None) -> list[str]:
@@ -215,21 +219,13 @@ def _capabilities(model_id: int, db_url: str | None) -> list[str]:
 def check_identity_inputs(photos: Sequence[bytes], capabilities: Sequence[str], *, alpha: float,
                           tau: int = 1, sex: str | None = None) -> None:
     """Refuse identity inference inputs that ``run_idia`` would refuse, before the model is
-    opened (so a refusal leaves no evidence): too few photos for a model with text."""
-    from audit_lib.methods import MethodInputError
-    from audit_lib.methods.identity_inference import MIN_IMAGES, TEMPLATES
+    opened (so a refusal leaves no evidence): the method's own pre-query check."""
+    from audit_lib.method_registry import SubjectInputs
+    from audit_lib.methods.identity_inference import check_subject
 
-    if not 0 < alpha < 1:
-        raise MethodInputError(f"alpha = {alpha} is not in (0, 1)")
-    if "text" not in capabilities:
-        return  # the finding is not_applicable; nothing else to check
-    if len(photos) < MIN_IMAGES:
-        raise MethodInputError(f"identity inference: {len(photos)} reference photo(s) of the subject; at "
-                               f"least {MIN_IMAGES} are needed (register the subject with more photos)")
-    if not 1 <= tau <= len(TEMPLATES):
-        raise MethodInputError(f"identity inference: tau = {tau} is not in 1..{len(TEMPLATES)}")
-    if sex is not None and sex not in ("f", "m"):
-        raise MethodInputError(f"identity inference: sex {sex!r} is not 'f' or 'm'")
+    check_subject(SubjectInputs(images=list(photos), name="", aliases=[], sex=sex, pseudonym="",
+                                capabilities=list(capabilities), reference_nonmembers=[],
+                                params={"alpha": alpha, "tau": tau}))
 
 
 def check_membership_inputs(claimed: Sequence[bytes], references: Sequence[bytes], *, rule: str,
@@ -241,12 +237,16 @@ def check_membership_inputs(claimed: Sequence[bytes], references: Sequence[bytes
     return check_inputs(claimed, references, rule=rule, n_views=n_views, alpha=alpha)
 
 
-def annotate(result: Any, handle: Any, since: tuple[int, int]) -> Any:
+def annotate(result: FindingResult, handle: RecordingHandle, since: tuple[int, int]) -> FindingResult:
     """The finding with what happened: ``queries_sent`` and ``cache_hits`` since ``since``
-    and, for EncoderMI, ``holm_references_needed`` and ``holm_warning`` (None when a
-    per-image decision is reachable)."""
+    and, for a method with per-image Holm decisions (its spec's ``holm_per_image``),
+    ``holm_references_needed`` and ``holm_warning`` (None when a per-image decision is
+    reachable)."""
+    from audit_lib.method_registry import find
+
     details = with_query_counts(result.details, handle, since)
-    if result.method == "encoder_mi":
+    spec = find(result.method)
+    if spec is not None and spec.holm_per_image:
         n, m, alpha = int(details["n_claimed"]), int(details["n_reference"]), float(result.alpha)
         details["holm_references_needed"] = holm_references_needed(n, alpha)
         details["holm_warning"] = holm_warning(n, m, alpha)
@@ -254,7 +254,7 @@ def annotate(result: Any, handle: Any, since: tuple[int, int]) -> Any:
     return result
 
 
-def _checked_handle(pair: dict[str, int], run_key: str, db_url: str | None) -> Any:
+def _checked_handle(pair: dict[str, int], run_key: str, db_url: str | None) -> RecordingHandle:
     """The model's handle, refusing to go on when its version changed since the
     run's version check (the finding would be attached to the wrong version)."""
     handle = open_model_handle(pair["model_id"], run_key, db_url=db_url)

@@ -202,8 +202,10 @@ def load_case(session: Session, spec: CaseSpec, *, pseudonymous: bool = False) -
         owned, suspect = _model(session, spec.owned_id), _model(session, spec.suspect_id)
         owned_versions = {v.id for v in owned.versions}
         rows = []
-        for r in session.scalars(select(Finding).where(Finding.method.in_(("watermark", "fingerprint", "theft")))):
-            if r.method == "theft":
+        from audit_lib.method_registry import get, names
+
+        for r in session.scalars(select(Finding).where(Finding.method.in_(names("ownership")))):
+            if not get(r.method).tests_the_case:  # a measurement of the owned model itself (theft risk)
                 if r.target_key == f"model:{owned.id}" or r.model_version_id in owned_versions:
                     rows.append(r)
             elif _names_pair(session, r, owned, suspect):

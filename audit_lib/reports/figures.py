@@ -158,3 +158,60 @@ def theft_figure(curve: Sequence[dict[str, Any]]) -> bytes | None:
     ax.set_title("Theft risk: accuracy of a stolen copy", loc="left")
     ax.legend(loc="lower right")
     return _png(fig)
+
+
+# --- each method's figures (the ``figures`` hook of its spec, ``audit_lib.method_registry``) ----
+# Each takes the finding's ``details`` and its record, and returns (caption, PNG or None, half width).
+
+def _observed(d: dict[str, Any], record: dict[str, Any]) -> Any:
+    return d.get("observed", record.get("statistic"))
+
+
+def idia_figures(d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, bytes | None, bool]]:
+    """The subject's name against the decoy names."""
+    return [("templates won by the subject's name (red line) against the same score of every decoy name.",
+             null_figure(_observed(d, record), d.get("null_scores"), xlabel="phrasings won (of 21)",
+                         title="Identity inference: subject's name vs decoy names", null_label="decoy names"),
+             False)]
+
+
+def encoder_mi_figures(d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, bytes | None, bool]]:
+    """Claimed images against reference non-members, and the labelled evaluation's ROC."""
+    per_image = [im.get("score") for im in d.get("images") or [] if isinstance(im, dict)]
+    roc = d.get("roc") or {}
+    return [("membership scores of the claimed images against reference non-members.",
+             null_figure(_observed(d, record), d.get("reference_scores") or d.get("null_scores"),
+                         xlabel="membership score (mean view similarity)",
+                         title="Membership inference: claimed images vs non-members",
+                         null_label="reference non-members", extra_observed=per_image), False),
+            ("ROC of the method on a labelled evaluation (known members and non-members).",
+             roc_figure(roc.get("fpr") or [], roc.get("tpr") or [], roc.get("auc")), True)]
+
+
+def watermark_figures(d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, bytes | None, bool]]:
+    """Per-probe shifts of the suspect against the two nulls."""
+    return [("per-probe shift towards the watermark key for the suspect, against control perturbations "
+             "and independent encoders.",
+             watermark_figure(d.get("shifts") or [], d.get("control_scores") or [],
+                              d.get("independent_scores") or []), False)]
+
+
+def fingerprint_figures(d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, bytes | None, bool]]:
+    """The suspect's verifier score against held-out independents and validation copies."""
+    return [("verifier score of the suspect against held-out independent models (the null) and "
+             "validation copies.",
+             fingerprint_figure(d.get("score", _observed(d, record)),
+                                d.get("negative_scores") or d.get("null_scores") or [],
+                                d.get("positive_scores") or []), False)]
+
+
+def theft_figures(d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, bytes | None, bool]]:
+    """The theft curve."""
+    return [("downstream accuracy of a copy stolen through the API, by query budget and output defence.",
+             theft_figure(d.get("curve") or []), False)]
+
+
+def default_figures(d: dict[str, Any], record: dict[str, Any], *, title: str) -> list[tuple[str, bytes | None, bool]]:
+    """A method without its own figures: the observed statistic against its null population."""
+    return [("observed statistic against the null population.",
+             null_figure(_observed(d, record), d.get("null_scores"), xlabel="statistic", title=title), False)]

@@ -3,8 +3,9 @@
 ``render_report(session, case, out_dir)`` loads the case's findings (reports/case.py), builds
 the evidence manifest (reports/manifest.py), draws the figures (reports/figures.py), fills
 the Jinja2 template for the case kind (templates/report/{subject,ownership,run}.html) and
-has WeasyPrint write the PDF with ``evidence.json`` attached. A ``reports`` row records the
-PDF's sha256 and the chain head, so ``encoder-audit report verify`` can check it later.
+has WeasyPrint write an archival PDF/A-3b with ``evidence.json`` embedded as an associated
+file. A ``reports`` row records the PDF's sha256 and the chain head, so ``encoder-audit
+report verify`` can check it later. A case id is never reused and no file is overwritten.
 
 Privacy by default: subject photos are embedded only with ``include_photos=True`` (a
 recipient entitled to see them) and never for an erased subject; an erased subject appears
@@ -28,6 +29,8 @@ from sqlalchemy.orm import Session
 from audit_lib import __version__
 from audit_lib.config import PROJECT_ROOT, get_settings
 from audit_lib.evidence import sha256_hex
+from audit_lib.method_registry import find as find_method
+from audit_lib.method_registry import hook
 from audit_lib.reports import figures
 from audit_lib.reports.case import CaseData, FindingView, ReportError, load_case, parse_case, slug
 from audit_lib.reports.manifest import ATTACHMENT_NAME, build_manifest, manifest_bytes
@@ -68,84 +71,21 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _r(x: Any, digits: int = 4) -> Any:
-    return fmt_num(float(x), digits) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
-
-
 def _figures(method: str, d: dict[str, Any], record: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """(caption, data URI, half width) for one finding; missing data means no figure."""
-    out: list[tuple[str, str, bool]] = []
-
-    def add(caption: str, png: bytes | None, half: bool = False) -> None:
-        if png:
-            out.append((caption, _uri(png), half))
-
-    observed = d.get("observed", record.get("statistic"))
-    if method == "idia":
-        add("templates won by the subject's name (red line) against the same score of every decoy name.",
-            figures.null_figure(observed, d.get("null_scores"), xlabel="phrasings won (of 21)",
-                                title="Identity inference: subject's name vs decoy names",
-                                null_label="decoy names"))
-    elif method == "encoder_mi":
-        per_image = [im.get("score") for im in d.get("images") or [] if isinstance(im, dict)]
-        add("membership scores of the claimed images against reference non-members.",
-            figures.null_figure(observed, d.get("reference_scores") or d.get("null_scores"),
-                                xlabel="membership score (mean view similarity)",
-                                title="Membership inference: claimed images vs non-members",
-                                null_label="reference non-members", extra_observed=per_image))
-        roc = d.get("roc") or {}
-        add("ROC of the method on a labelled evaluation (known members and non-members).",
-            figures.roc_figure(roc.get("fpr") or [], roc.get("tpr") or [], roc.get("auc")), half=True)
-    elif method == "watermark":
-        add("per-probe shift towards the watermark key for the suspect, against control perturbations "
-            "and independent encoders.",
-            figures.watermark_figure(d.get("shifts") or [], d.get("control_scores") or [],
-                                     d.get("independent_scores") or []))
-    elif method == "fingerprint":
-        add("verifier score of the suspect against held-out independent models (the null) and "
-            "validation copies.",
-            figures.fingerprint_figure(d.get("score", observed), d.get("negative_scores") or d.get("null_scores") or [],
-                                       d.get("positive_scores") or []))
-    elif method == "theft":
-        add("downstream accuracy of a copy stolen through the API, by query budget and output defence.",
-            figures.theft_figure(d.get("curve") or []))
-    else:
-        add("observed statistic against the null population.",
-            figures.null_figure(observed, d.get("null_scores"), xlabel="statistic", title=method))
-    return out
+    """(caption, data URI, half width) for one finding, from its method's ``figures`` hook
+    (:mod:`audit_lib.method_registry`); missing data means no figure."""
+    spec = find_method(method)
+    draw = hook(spec, "figures") if spec else None
+    drawn = (draw(d, record) if draw else
+             figures.default_figures(d, record, title=spec.title if spec else method))
+    return [(caption, _uri(png), half) for caption, png, half in drawn if png]
 
 
 def _tables(method: str, d: dict[str, Any]) -> dict[str, Any]:
-    """The method-specific values the result section prints, rounded for reading."""
-    if method == "idia":
-        return {k: d.get(k) for k in ("templates", "n_images", "n_candidates", "tau",
-                                      "published_decision", "decoy_rank")}
-    if method == "encoder_mi":
-        images = [{"sha256": im.get("sha256"), "score": _r(im.get("score")), "p_value": fmt_p(im.get("p_value")),
-                   "p_holm": fmt_p(im.get("p_holm")), "member": im.get("member")}
-                  for im in d.get("images") or [] if isinstance(im, dict)]
-        return {"images": images, "rule": d.get("rule", "?"), "mann_whitney_u": _r(d.get("mann_whitney_u"))}
-    if method == "watermark":
-        return {k: d.get(k, "n/a") for k in ("mode", "key_sha256", "commitment_sha256")}
-    if method == "fingerprint":
-        return {"n_fingerprints": d.get("n_fingerprints", "n/a"), "score": _r(d.get("score")),
-                "aruc": _r(d.get("aruc")), "commitment_sha256": d.get("commitment_sha256", "n/a")}
-    if method == "theft":
-        return {"curve": [{k: _r(v) for k, v in row.items()} for row in d.get("curve") or []
-                          if isinstance(row, dict)]}
-    return {}
-
-
-def _theft_summary(d: dict[str, Any]) -> str:
-    """The theft curve in one sentence: the undefended copy at the largest budget."""
-    rows = [r for r in d.get("curve") or [] if isinstance(r, dict) and r.get("defence", "none") == "none"
-            and r.get("stolen_accuracy") is not None and r.get("target_accuracy")]
-    if not rows:
-        return "Theft-risk estimate (descriptive; no p-value)."
-    top = max(rows, key=lambda r: r.get("budget") or 0)
-    share = float(top["stolen_accuracy"]) / float(top["target_accuracy"])
-    return (f"With {top.get('budget')} queries and no output defence, a stolen copy reaches "
-            f"{share:.0%} of the original's downstream accuracy (an estimate, not a test).")
+    """The method-specific values the result section prints, from its ``tables`` hook."""
+    spec = find_method(method)
+    shape = hook(spec, "tables") if spec else None
+    return shape(d) if shape else {}
 
 
 def _finding_view(f: FindingView, show_target: bool) -> dict[str, Any]:
@@ -167,9 +107,9 @@ def _finding_view(f: FindingView, show_target: bool) -> dict[str, Any]:
         if rec.get("effect_size") is not None else None,
         "p": fmt_p(rec.get("p_value")), "p_family": fmt_p(family) if family is not None else "—",
         "alpha": fmt_p(rec.get("alpha")), "decision": rec["decision"],
-        "decision_words": "estimate" if f.row.method == "theft" else DECISION_WORDS.get(rec["decision"], rec["decision"]),
-        "verdict": (verdict_sentence(rec["decision"], rec.get("p_value"), rec["alpha"])
-                    if f.row.method != "theft" else _theft_summary(d)),
+        "decision_words": "estimate" if text.descriptive else DECISION_WORDS.get(rec["decision"], rec["decision"]),
+        "verdict": (text.summary(d) if text.descriptive and text.summary else
+                    verdict_sentence(rec["decision"], rec.get("p_value"), rec["alpha"])),
         "meaning": p_meaning(rec["hypothesis"], rec.get("p_value"), assumptions),
         "assumptions": assumptions, "n_queries": queries_text(d),
         "holm_warning": d.get("holm_warning"),
@@ -267,7 +207,7 @@ def _context(session: Session, data: CaseData, manifest: dict[str, Any], *, case
     views = [_finding_view(f, show_target) for f in data.findings]
     headline, n_positive = _headline(data, views)
     ranked = sorted(views, key=lambda v: (v["decision"] != "positive", v["id"]))
-    cover = [v for v in ranked if v["decision"] != "not_applicable" or v["method"] == "theft"]
+    cover = [v for v in ranked if v["decision"] != "not_applicable" or method_text(v["method"]).descriptive]
     methods, seen = [], set()
     for f, v in zip(data.findings, views):
         if f.row.method in seen:
@@ -277,7 +217,7 @@ def _context(session: Session, data: CaseData, manifest: dict[str, Any], *, case
         methods.append({"title": text.title, "question": text.question, "how": text.how,
                         "reference": text.reference or "not recorded", "hypothesis": v["hypothesis"],
                         "null_description": v["null_description"], "assumptions": v["assumptions"],
-                        "departure": DEPARTURE if f.row.method != "theft" else None})
+                        "departure": DEPARTURE if text.departs else None})
     runs = []
     for r in manifest["runs"]:
         shown = r["items"][:MAX_MANIFEST_ROWS]
@@ -308,46 +248,54 @@ def make_case_id(spec_text: str, when: datetime) -> str:
 
 def render_report(session: Session, case: str, out_dir: Path | None = None, *,
                   include_photos: bool = False, pseudonymous: bool = False,
-                  case_id: str | None = None, now: datetime | None = None) -> Path:
+                  case_id: str | None = None, now: datetime | None = None,
+                  approval: dict[str, Any] | None = None) -> Path:
     """Render the PDF evidence report for ``case`` (``subject:ID`` |
     ``ownership:OWNED_ID:SUSPECT_ID`` | ``run:RUN_KEY``) into ``out_dir`` (default
     ``<data_dir>/reports``), record it in the ``reports`` table, and return its path.
 
     A case with no findings, or whose evidence chain no longer verifies, is refused with a
-    ``ReportError`` and nothing is written. Re-rendering with the same ``case_id`` (a
-    retried task) replaces that report's file and row.
+    ``ReportError`` and nothing is written. A case id is never reused: a ``case_id`` that
+    another report holds is refused, and no existing file is ever overwritten.
+
+    With ``approval`` (``decided_by``, ``decided_at``, ``comment``: the release decision)
+    the released version is written instead: ``{case_id}-approved.pdf`` with the approval
+    block on its last page, to be signed; the draft's ``reports`` row is left as it is (the
+    decision and the signed file are recorded in ``report_decisions`` by the caller).
     """
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     spec = parse_case(case)
     data = load_case(session, spec, pseudonymous=pseudonymous)
     generated_at = (now or utcnow()).astimezone(timezone.utc)
-    case_id = case_id or make_case_id(spec.text, generated_at)
+    case_id = _new_case_id(session, spec.text, generated_at) if case_id is None else case_id
     if slug(case_id, 120) != case_id:
         raise ReportError(f"case id {case_id!r}: use letters, digits, '.', '_' and '-' only (max 120)")
+    if approval is None and session.scalar(select(Report.id).where(Report.case_id == case_id)) is not None:
+        raise ReportError(f"case id {case_id!r} is already used by another report; a case id is never "
+                          "reused: leave --case-id out or choose a new one")
     manifest = build_manifest(session, data, case_id=case_id, generated_at=generated_at,
                               photos_included=include_photos and data.subject is not None
                               and not data.redact_names and not data.subject.is_erased)
     payload = manifest_bytes(manifest)
     digest = sha256_hex(payload)
     out_dir = Path(out_dir or get_settings().data_dir / "reports")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{case_id}.pdf"
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # reports name people: owner-only
+    target = out_dir / (f"{case_id}-approved.pdf" if approval else f"{case_id}.pdf")
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     context = _context(session, data, manifest, case_id=case_id, generated_at=generated_at,
                        digest=digest, include_photos=include_photos, pdf_name=target.name)
+    context["approval"] = approval
     html = env.get_template(f"{spec.kind}.html").render(**context)
-    pdf = _write_pdf(html, payload)
-
-    tmp = target.with_suffix(".pdf.part")  # never leave a half-written report behind
-    tmp.write_bytes(pdf)
-    tmp.replace(target)
-    row = session.scalar(select(Report).where(Report.case_id == case_id))
-    if row is None:
-        row = Report(case_id=case_id, kind=spec.kind)
-        session.add(row)
+    pdf = _write_pdf(html, payload, case_id=case_id, title=data.title)
+    write_new_file(target, pdf)  # never overwrites a file, never leaves a half-written one
+    if approval:
+        log.info("rendered released version %s of %s", target.name, case_id)
+        return target
+    row = Report(case_id=case_id, kind=spec.kind)
+    session.add(row)
     row.path = str(target.resolve())
     row.sha256 = sha256_hex(pdf)
     row.chain_head = manifest["report_chain_head"]
@@ -358,10 +306,49 @@ def render_report(session: Session, case: str, out_dir: Path | None = None, *,
     return target
 
 
-def _write_pdf(html: str, payload: bytes) -> bytes:
+def _new_case_id(session: Session, spec_text: str, when: datetime) -> str:
+    """A generated case id no report holds yet (two renderings in one second get ``-2``...)."""
+    base = make_case_id(spec_text, when)
+    taken = set(session.scalars(select(Report.case_id).where(Report.case_id.like(base + "%"))))
+    n, case_id = 1, base
+    while case_id in taken:
+        n += 1
+        case_id = f"{base}-{n}"
+    return case_id
+
+
+def _write_pdf(html: str, payload: bytes, *, case_id: str, title: str) -> bytes:
+    """The report as PDF/A-3b (ISO 19005-3): fonts embedded, an sRGB output intent, XMP
+    metadata naming the case id (``pdf:Keywords``, ``dc:description``), and ``evidence.json``
+    embedded as an associated file with relationship ``Data`` so the evidence travels
+    inside the archival document."""
     import weasyprint
 
     attachment = weasyprint.Attachment(
-        string=payload, name=ATTACHMENT_NAME,
+        string=payload, name=ATTACHMENT_NAME, relationship="Data",
         description="encoder-audit evidence manifest and findings (canonical JSON)")
-    return weasyprint.HTML(string=html, base_url=str(TEMPLATES_DIR)).write_pdf(attachments=[attachment])
+    document = weasyprint.HTML(string=html, base_url=str(TEMPLATES_DIR)).render()
+    meta = document.metadata
+    meta.title = meta.title or title
+    meta.keywords = [case_id, "encoder-audit evidence report"]
+    meta.description = f"encoder-audit evidence report, case {case_id}"
+    meta.generator = f"encoder-audit {__version__}"
+    return document.write_pdf(pdf_variant="pdf/a-3b", attachments=[attachment])
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``path`` (mode 0600): written to a side file first and
+    then linked into place, so an existing file is never overwritten (``ReportError``) and
+    no half-written file is ever left."""
+    import os
+
+    tmp = path.with_name(path.name + ".part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ReportError(f"{path}: already exists; a report file is never overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)

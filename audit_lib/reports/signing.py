@@ -5,6 +5,10 @@ The signature signs the PDF's exact bytes; it travels beside the PDF as ``REPORT
 readable by its owner only) named by ``--key`` or ``AUDIT_REPORT_SIGNING_KEY``; the public
 key (PEM, SubjectPublicKeyInfo) is what recipients use to check. Key material never
 reaches logs, the database or error messages (only the file's path does).
+
+The same key signs each run's chain anchor (reports/anchors.py). The signature inside the
+PDF, with a certificate and a trusted timestamp, is reports/pades.py; this detached
+signature remains an option beside it.
 """
 
 from __future__ import annotations

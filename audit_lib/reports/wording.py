@@ -1,18 +1,22 @@
 """Plain-language wording for reports: methods, references, verdicts, glossary.
 
-One place for what a lawyer reads, so every report says the same thing the same way. The
+One place for what a lawyer reads, so every report says the same thing the same way (the
+methods' own wording lives in their specs, :mod:`audit_lib.method_registry`; the decision
+words here are the web app's too). The
 rule: "under H0 (...), a result at least this extreme has probability <= p",
 with the assumptions listed, and never "proof".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class MethodText:
-    """How a report introduces one method."""
+    """How a report introduces one method (built from the method's registered spec)."""
 
     title: str
     question: str
@@ -20,82 +24,22 @@ class MethodText:
     reference: str
     default_assumptions: tuple[str, ...]
     tests_the_case: bool = True  # False: a measurement about the owned model (counted out of the verdict)
-
-
-METHODS: dict[str, MethodText] = {
-    "idia": MethodText(
-        title="Identity inference (IDIA)",
-        question="Does the model associate this person's face with their name?",
-        how=("The model is shown the person's photos and asked, with 21 different phrasings "
-             "(\"a photo of ...\", \"actor ...\", ...), which of about 1,000 names fits best: the "
-             "person's own name and synthetic decoy names. A phrasing counts as correct when most "
-             "photos pick the person's name. The person's name and every decoy name are scored "
-             "the same way (phrasings won); the p-value is the person's rank among the decoys."),
-        reference=("D. Hintersdorf, L. Struppek, M. Brack, F. Friedrich, P. Schramowski, K. Kersting: "
-                   "\"Does CLIP Know My Face?\", Journal of Artificial Intelligence Research 80, 2024; "
-                   "arXiv:2209.07341."),
-        default_assumptions=("the decoy names were, before looking at the model, as likely as the "
-                             "person's name to be predicted for these photos",),
-    ),
-    "encoder_mi": MethodText(
-        title="Membership inference (EncoderMI)",
-        question="Were these particular images used to train the encoder?",
-        how=("Each image is altered several times (crops, flips, colour changes) and the model's "
-             "embeddings of the variants are compared. Encoders tend to give more consistent "
-             "embeddings for images they were trained on. The scores of the claimed images are "
-             "compared with images that cannot have been in the training data (reference "
-             "non-members), per image and as a group (one-sided Mann-Whitney U test)."),
-        reference=("H. Liu, J. Jia, W. Qu, N. Z. Gong: \"EncoderMI: Membership Inference against "
-                   "Pre-trained Encoders in Contrastive Learning\", ACM CCS 2021; arXiv:2108.11023."),
-        default_assumptions=("the reference non-members come from the same kind of images as the "
-                             "claimed images",),
-    ),
-    "watermark": MethodText(
-        title="Watermark check (AWEncoder)",
-        question="Does the suspect model carry the owner's hidden watermark?",
-        how=("The owner embedded a secret watermark before release: a small, invisible image "
-             "perturbation that moves a marked model's embeddings towards a secret key image. The "
-             "suspect is shown probe images with and without the perturbation, and the shift "
-             "towards the key is measured. The same shift is measured for control perturbations "
-             "and for independently trained models: that is the comparison population."),
-        reference=("T. Zhang, H. Wu, X. Lu, G. Sun: \"AWEncoder: Adversarial Watermarking Pre-trained "
-                   "Encoders in Contrastive Learning\", arXiv:2208.03948, 2022."),
-        default_assumptions=("the key, perturbation and probes were fixed and committed before the "
-                             "suspect was queried",),
-    ),
-    "fingerprint": MethodText(
-        title="Fingerprint check (MetaV)",
-        question="Does the suspect model respond to the owner's fingerprint inputs like a copy?",
-        how=("The owner prepared a small set of fingerprint images and a verifier trained to tell "
-             "copies of the owned model (fine-tuned, pruned, stolen ...) from independent models by "
-             "their answers to those images. The suspect's answers are scored by the verifier, and "
-             "the score is ranked among held-out independent models never used in training."),
-        reference=("G. Pan, Y. Chen, K. Chen, R. Wang: \"MetaV: A Meta-Verifier Approach to "
-                   "Task-Agnostic Model Fingerprinting\", ACM KDD 2022; arXiv:2201.07391."),
-        default_assumptions=("the held-out negative models are representative of independent models "
-                             "a suspect could be",),
-    ),
-    "theft": MethodText(
-        title="Theft-risk estimate (StolenEncoder)",
-        question="How cheaply could the owned model be copied through its API?",
-        how=("A copy is trained only from the owned model's answers to a budget of queries, as a "
-             "thief would, with and without output defences. The copy's accuracy on a downstream "
-             "task is compared with the original's. This estimates how exposed the owned model "
-             "is; it is not evidence about a suspect model. Where the copy's agreement with the "
-             "original is ranked among independently trained encoders, the p-value says how "
-             "unusual that agreement would be without theft."),
-        reference=("Y. Liu, J. Jia, H. Liu, N. Z. Gong: \"StolenEncoder: Stealing Pre-trained Encoders "
-                   "in Self-supervised Learning\", ACM CCS 2022; arXiv:2201.05889."),
-        default_assumptions=("the surrogate images resemble what a thief could obtain",),
-        tests_the_case=False,
-    ),
-}
+    descriptive: bool = False  # True: an estimate; its summary sentence replaces the verdict
+    departs: bool = True  # True: the report states the calibrated-p-value departure from the paper
+    summary: Callable[[Mapping[str, Any]], str] | None = None  # a descriptive method's one sentence
 
 
 def method_text(method: str) -> MethodText:
-    """The wording for ``method``; an unknown method gets a neutral entry, not an error."""
-    return METHODS.get(method, MethodText(title=method, question="", how="", reference="",
-                                          default_assumptions=()))
+    """The wording of ``method`` (or an old name of it), from its registered spec
+    (:mod:`audit_lib.method_registry`); an unknown method gets a neutral entry, not an error."""
+    from audit_lib.method_registry import find, hook
+
+    spec = find(method)
+    if spec is None:
+        return MethodText(title=method, question="", how="", reference="", default_assumptions=())
+    return MethodText(title=spec.title, question=spec.question, how=spec.how, reference=spec.reference,
+                      default_assumptions=tuple(spec.assumptions), tests_the_case=spec.tests_the_case,
+                      descriptive=spec.descriptive, departs=spec.departs, summary=hook(spec, "summary"))
 
 
 DECISION_WORDS = {

@@ -9,9 +9,17 @@ started without keys on purpose):
 - ``GET /v1/info`` -> ``{"embedding_dim", "capabilities", "model_version", "max_batch"}``
 - ``GET /healthz``
 
-Per key (see :mod:`.keys`): a rate limit (429 with ``Retry-After``), the StolenEncoder
-output defences (:mod:`.defences`) and fault injection (:mod:`.faults`). The server counts
-what it answered in ``app.state.stats`` so tests can check that a cache hit sent nothing.
+Per key (see :mod:`.keys`): rate limits on requests, images and pixels (429 with
+``Retry-After``), the StolenEncoder output defences (:mod:`.defences`) and fault injection
+(:mod:`.faults`). The server counts what it answered in ``app.state.stats`` so tests can
+check that a cache hit sent nothing.
+
+Limits that hold before any work is done: the request body (``AUDIT_SERVER_MAX_REQUEST_BYTES``,
+413 from the declared length or while the body streams, before JSON parsing), the images
+per request (``max_batch``) and the pixels per request (``AUDIT_SERVER_MAX_REQUEST_PIXELS``,
+read from the image headers before decoding). Every image that cannot be decoded (not an
+image, truncated, a decompression bomb) is a 400 or 413 naming it. ``/docs``, ``/redoc``
+and ``/openapi.json`` exist only with ``AUDIT_SERVER_DOCS=1``.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import binascii
 import io
 import json
 import logging
+import struct
 import threading
 import time
+import warnings
 from collections import Counter
 from typing import Annotated, Any
 
@@ -34,6 +44,7 @@ from pydantic import BaseModel, Field
 from audit_lib.encoders.base import EncoderHandle, NotApplicable
 from audit_lib.server.defences import apply_defences
 from audit_lib.server.keys import KeyRing, KeySettings
+from audit_lib.web.middleware import BodyLimitMiddleware, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +114,25 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def create_app(encoder: EncoderHandle, keys: KeyRing | None, *, max_batch: int = 256,
-               allow_anonymous: bool = False) -> FastAPI:
+               allow_anonymous: bool = False, max_request_bytes: int | None = None,
+               max_request_pixels: int | None = None, docs: bool | None = None) -> FastAPI:
     """The API in front of ``encoder``. ``keys`` None or empty requires ``allow_anonymous``
-    (an open embedding API is a theft risk, so it must be asked for)."""
+    (an open embedding API is a theft risk, so it must be asked for). The limits default
+    to the settings (:mod:`audit_lib.config`)."""
+    from audit_lib.config import get_settings
+
     if not keys and not allow_anonymous:
         raise ValueError("no API keys given: pass a keys file, or allow anonymous access explicitly")
-    app = FastAPI(title="encoder-audit reference encoder server", version="1")
+    settings = get_settings()
+    max_request_bytes = max_request_bytes or settings.server_max_request_bytes
+    max_request_pixels = max_request_pixels or settings.server_max_request_pixels
+    docs = settings.server_docs if docs is None else docs
+    app = FastAPI(title="encoder-audit reference encoder server", version="1",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes,
+                       render=lambda message: json.dumps({"detail": message}).encode(),
+                       media_type=b"application/json")
     stats = ServerStats()
     app.state.stats = stats
     app.state.encoder = encoder
@@ -122,8 +146,10 @@ def create_app(encoder: EncoderHandle, keys: KeyRing | None, *, max_batch: int =
                 rngs[key.name] = np.random.default_rng(key.seed)
             return rngs[key.name]
 
-    def answer(route: str, key: KeySettings, n: int, compute) -> Response:  # noqa: ANN001
-        """Rate limit, faults, embedding, defences: the common path of both embed routes."""
+    def answer(route: str, key: KeySettings, n: int, compute, pixels_of=None) -> Response:  # noqa: ANN001
+        """Rate limit, faults, embedding, defences: the common path of both embed routes.
+        ``pixels_of`` (images only) checks the inputs' headers and returns their pixel
+        count, which is charged to the key before anything is decoded."""
         wait = key.retry_after()
         if wait is not None:
             stats.record(route, 429, key.name)
@@ -145,6 +171,15 @@ def create_app(encoder: EncoderHandle, keys: KeyRing | None, *, max_batch: int =
             raise HTTPException(422, "the request holds no inputs")
         if n > max_batch:
             raise HTTPException(413, f"{n} inputs in one request; at most {max_batch}")
+        if pixels_of is not None:
+            pixels = pixels_of()
+            if pixels > max_request_pixels:
+                raise HTTPException(413, f"{pixels} pixels in one request; at most {max_request_pixels}")
+            wait = key.charge_inputs(n, pixels)
+            if wait is not None:
+                stats.record(route, 429, key.name)
+                return JSONResponse({"detail": "image or pixel rate limit exceeded"}, 429,
+                                    headers={"Retry-After": str(wait)})
         emb = np.asarray(compute(), dtype=np.float32)
         if key.defences.active:
             with rng_lock:
@@ -168,18 +203,29 @@ def create_app(encoder: EncoderHandle, keys: KeyRing | None, *, max_batch: int =
     def info(key: Key) -> dict[str, Any]:
         stats.record("/v1/info", 200, key.name)
         return {"embedding_dim": encoder.embedding_dim, "capabilities": sorted(encoder.capabilities),
-                "model_version": encoder.model_version, "max_batch": max_batch}
+                "model_version": encoder.model_version, "max_batch": max_batch,
+                "max_request_bytes": max_request_bytes, "max_request_pixels": max_request_pixels}
 
     @app.post("/v1/embed/images")
     def embed_images(req: ImagesRequest, key: Key) -> Response:
+        images: list[bytes] = []
+
+        def pixels_of() -> int:
+            total = 0
+            for i, text in enumerate(req.images):
+                data, pixels = _decode_image(i, text)
+                images.append(data)
+                total += pixels
+            return total
+
         def compute() -> np.ndarray:
-            images = [_decode_image(i, s) for i, s in enumerate(req.images)]
             try:
                 return encoder.encode_images(images)
-            except (OSError, ValueError) as exc:
-                raise HTTPException(400, f"an image could not be decoded ({exc})") from None
+            except DECODE_ERRORS as exc:
+                raise HTTPException(400, f"an image could not be decoded ({type(exc).__name__}: "
+                                         f"{str(exc)[:200]})") from None
 
-        return answer("/v1/embed/images", key, len(req.images), compute)
+        return answer("/v1/embed/images", key, len(req.images), compute, pixels_of)
 
     @app.post("/v1/embed/texts")
     def embed_texts(req: TextsRequest, key: Key) -> Response:
@@ -203,8 +249,21 @@ def create_app(encoder: EncoderHandle, keys: KeyRing | None, *, max_batch: int =
     return app
 
 
-def _decode_image(index: int, text: str) -> bytes:
-    """base64 -> bytes, with a header check (format, pixel count) before the full decode."""
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # What Pillow raises for files that are not, or not wholly, images (struct.error and
+    # EOFError come from some truncated headers; the bomb error is not an OSError).
+    return (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+DECODE_ERRORS = _decode_errors()
+
+
+def _decode_image(index: int, text: str) -> tuple[bytes, int]:
+    """base64 -> (bytes, pixel count), from a header check (format, pixel count) before
+    the full decode. Pillow's decompression-bomb warning is an error here."""
     from PIL import Image, UnidentifiedImageError
 
     from audit_lib.config import get_settings
@@ -215,12 +274,20 @@ def _decode_image(index: int, text: str) -> bytes:
         raise HTTPException(400, f"images[{index}]: not valid base64") from None
     settings = get_settings()
     if len(data) > settings.max_image_bytes:
-        raise HTTPException(413, f"images[{index}]: {len(data)} bytes is over the limit")
+        raise HTTPException(413, f"images[{index}]: {len(data)} bytes is over the limit of "
+                                 f"{human_bytes(settings.max_image_bytes)}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except (UnidentifiedImageError, OSError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HTTPException(413, f"images[{index}]: decompression bomb refused") from None
+    except UnidentifiedImageError:
         raise HTTPException(400, f"images[{index}]: not an image") from None
+    except DECODE_ERRORS:
+        raise HTTPException(400, f"images[{index}]: a corrupt image header") from None
     if w * h > settings.max_image_pixels:
-        raise HTTPException(413, f"images[{index}]: {w}x{h} pixels is over the limit")
-    return data
+        raise HTTPException(413, f"images[{index}]: {w}x{h} pixels is over the limit of "
+                                 f"{settings.max_image_pixels}")
+    return data, w * h

@@ -4,7 +4,12 @@ A keys file is JSON mapping each key to its settings::
 
     {"keys": {"sk-alice-...": {"name": "alice", "rate_limit_per_s": 20,
                                 "defences": {"noise_sigma": 0.05}},
-              "sha256:9f86d0...": {"name": "bob", "faults": {"schedule": ["429", "ok"]}}}}
+              "sha256:9f86d0...": {"name": "bob", "faults": {"schedule": ["429", "ok"]}},
+              "sk-carol-...": {"name": "carol", "images_per_s": 50, "megapixels_per_s": 20}}}
+
+``rate_limit_per_s`` counts requests; ``images_per_s`` and ``megapixels_per_s`` count what
+a request asks the server to decode and embed, so one request of 256 large images costs
+what it weighs, not one request.
 
 A key may be given as ``sha256:<hex>`` so that the file need not hold the key itself. In
 memory only the sha256 of each key is kept; a key never reaches a log line.
@@ -31,7 +36,9 @@ def key_digest(key: str) -> str:
 
 
 class RateLimiter:
-    """A token bucket: ``rate`` requests per second, bursts up to ``burst``."""
+    """A token bucket: ``rate`` units per second (requests, images or pixels), bursts up to
+    ``burst``. A charge larger than the burst is granted only from a full bucket and
+    leaves it in debt, so a big request waits as long as its size says, never forever."""
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         if rate <= 0:
@@ -42,16 +49,17 @@ class RateLimiter:
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
 
-    def try_acquire(self) -> float:
-        """Take a token: 0.0 if granted, else the seconds until one will be available."""
+    def try_acquire(self, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens: 0.0 if granted, else the seconds until they will be."""
         with self._lock:
             now = time.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
+            needed = min(float(cost), self.burst)
+            if self._tokens >= needed:
+                self._tokens -= float(cost)
                 return 0.0
-            return (1.0 - self._tokens) / self.rate
+            return (needed - self._tokens) / self.rate
 
 
 @dataclass
@@ -64,19 +72,26 @@ class KeySettings:
     defences: Defences = field(default_factory=Defences)
     faults: FaultPlan | None = None
     seed: int = 0  # the defence noise generator's seed
+    images_per_s: float | None = None  # images embedded per second (bursts: one second's worth)
+    megapixels_per_s: float | None = None  # decoded pixels per second, in millions
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.rate_limit_per_s, self.burst) if self.rate_limit_per_s else None
+        self.image_limiter = RateLimiter(self.images_per_s) if self.images_per_s else None
+        self.pixel_limiter = (RateLimiter(self.megapixels_per_s * 1e6, self.megapixels_per_s * 1e6)
+                              if self.megapixels_per_s else None)
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any], default_name: str) -> KeySettings:
-        unknown = sorted(set(cfg) - {"name", "rate_limit_per_s", "burst", "defences", "faults", "seed"})
+        unknown = sorted(set(cfg) - {"name", "rate_limit_per_s", "burst", "defences", "faults", "seed",
+                                     "images_per_s", "megapixels_per_s"})
         if unknown:
             raise ValueError(f"key {default_name}: unknown settings {', '.join(unknown)}")
         return cls(name=str(cfg.get("name", default_name)),
                    rate_limit_per_s=cfg.get("rate_limit_per_s"), burst=cfg.get("burst"),
                    defences=Defences(**cfg.get("defences", {})),
-                   faults=FaultPlan.from_dict(cfg.get("faults")), seed=int(cfg.get("seed", 0)))
+                   faults=FaultPlan.from_dict(cfg.get("faults")), seed=int(cfg.get("seed", 0)),
+                   images_per_s=cfg.get("images_per_s"), megapixels_per_s=cfg.get("megapixels_per_s"))
 
     def retry_after(self) -> int | None:
         """None when the request may go ahead, else whole seconds to wait (for Retry-After)."""
@@ -84,6 +99,19 @@ class KeySettings:
             return None
         wait = self.limiter.try_acquire()
         return None if wait == 0.0 else max(1, math.ceil(wait))
+
+    def charge_inputs(self, images: int, pixels: int) -> int | None:
+        """Charge a request's images and pixels to the key's image and pixel budgets: None
+        when it may go ahead, else whole seconds to wait (Retry-After)."""
+        if self.pixel_limiter is not None:
+            wait = self.pixel_limiter.try_acquire(pixels)
+            if wait:
+                return max(1, math.ceil(wait))
+        if self.image_limiter is not None:
+            wait = self.image_limiter.try_acquire(images)
+            if wait:
+                return max(1, math.ceil(wait))
+        return None
 
 
 class KeyRing:

@@ -48,9 +48,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def running_server(architecture: str | None = None, weights_path: Path | str | None = None,
                    keys: dict[str, dict[str, Any]] | None = None, *, encoder: Any = None,
                    host: str = "127.0.0.1", port: int = 0, max_batch: int = 256,
-                   batch_size: int | None = None, startup_timeout_s: float = 30.0) -> Iterator[RunningServer]:
+                   batch_size: int | None = None, startup_timeout_s: float = 30.0,
+                   **limits: Any) -> Iterator[RunningServer]:
     """Serve a checkpoint (``architecture`` + ``weights_path``) or an in-memory ``encoder``
-    handle; ``keys`` maps API key -> settings as in a keys file (None: anonymous access)."""
+    handle; ``keys`` maps API key -> settings as in a keys file (None: anonymous access);
+    ``limits`` go to :func:`audit_lib.server.app.create_app` (``max_request_bytes``,
+    ``max_request_pixels``, ``docs``)."""
     from audit_lib.server.app import create_app
     from audit_lib.server.keys import KeyRing
 
@@ -61,7 +64,7 @@ def running_server(architecture: str | None = None, weights_path: Path | str | N
 
         encoder = LocalEncoder.from_checkpoint(architecture, Path(weights_path), batch_size=batch_size)
     app = create_app(encoder, KeyRing(keys) if keys else None, max_batch=max_batch,
-                     allow_anonymous=not keys)
+                     allow_anonymous=not keys, **limits)
     with serve_app(app, host=host, port=port, startup_timeout_s=startup_timeout_s,
                    name="the reference server") as base:
         url = RunningServer(base)

@@ -27,7 +27,7 @@ def get_engine(url: str | None = None) -> Engine:
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -35,10 +35,26 @@ def _engine_for(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA secure_delete=ON")  # erased and purged content is zeroed in the file
             cur.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def private_sqlite_file(url: str) -> None:
+    """Create a SQLite store's file owner-only (0600, its folder 0700 when created here), or
+    tighten an existing one: it holds personal data. SQLite gives its WAL and shared-memory
+    files the database file's mode. Nothing to do for other databases or ``:memory:``."""
+    import os
+
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
 
 
 @contextmanager
@@ -55,13 +71,26 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+def checkpoint_sqlite(url: str | None = None) -> None:
+    """Fold SQLite's write-ahead log into the database file and truncate it, so that content
+    an erasure removed (zeroed by ``secure_delete``) survives in neither file. Nothing to do
+    on PostgreSQL (its dead tuples are not readable through SQL and are vacuumed)."""
+    engine = get_engine(url)
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def alembic_config(url: str | None = None):  # noqa: ANN201 - alembic.config.Config
-    """An Alembic config pointing at our migrations and the given database."""
+    """An Alembic config pointing at our migrations and the given database (default: the
+    owner role's URL, ``AUDIT_MIGRATION_DATABASE_URL``, else the evidence store's)."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", (url or get_settings().resolved_database_url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url",
+                        (url or get_settings().resolved_migration_database_url).replace("%", "%%"))
     return cfg
 
 
@@ -69,4 +98,6 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Run the migrations up to ``revision``."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    cfg = alembic_config(url)
+    private_sqlite_file(cfg.get_main_option("sqlalchemy.url"))
+    command.upgrade(cfg, revision)

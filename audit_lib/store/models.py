@@ -310,3 +310,98 @@ class WebAuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(120))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     client: Mapped[str | None] = mapped_column(String(64))
+
+
+class PurgedRun(Base):
+    """A run whose evidence and findings were purged as a whole (retention), recorded
+    before the rows go. The database lets evidence and findings rows be deleted only for a
+    run recorded here, and refuses new evidence for a purged run key, so a chain cannot be
+    deleted and re-inserted forged (migration 0005). Never updated or deleted."""
+
+    __tablename__ = "purged_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer)  # not a foreign key: the mark outlives the run row
+    run_key: Mapped[str] = mapped_column(String(250), unique=True)
+    chain_head: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    purged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReportWithdrawal(Base):
+    """The tombstone of a withdrawn report: its file was deleted and is never served again.
+    Records which report, when and why; never a name. Never updated or deleted."""
+
+    __tablename__ = "report_withdrawals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    withdrawn_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ErasureRecord(Base):
+    """What an erasure removed (counts) and what it kept and why (a legal hold, an image
+    another subject or model still uses). Names the subject by pseudonym only."""
+
+    __tablename__ = "erasure_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("data_subjects.id"))
+    pseudonym: Mapped[str] = mapped_column(String(40))
+    removed: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    kept: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [{"what", "why"}]
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CaseHold(Base):
+    """A legal hold on a case (``subject:ID``, ``ownership:OWNED:SUSPECT``, ``run:KEY``):
+    while ``released_at`` is empty, the case's evidence and reports survive erasure and
+    retention clean-up (GDPR Art. 17(3)(e))."""
+
+    __tablename__ = "case_holds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case: Mapped[str] = mapped_column(String(120))
+    reason: Mapped[str] = mapped_column(Text)
+    set_by: Mapped[str | None] = mapped_column(String(100))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReportDecision(Base):
+    """A person's decision on a draft report: ``approved`` (released: signed, offered to the
+    DPO) or ``rejected`` (kept as a draft, never signed, never offered). Insert-only (the
+    database refuses UPDATE) and hash-chained across the table, so who released what, when
+    and with which comment cannot be changed quietly. One decision per report."""
+
+    __tablename__ = "report_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), unique=True)
+    decision: Mapped[str] = mapped_column(String(20))  # approved | rejected
+    decided_by: Mapped[str] = mapped_column(String(100))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    comment: Mapped[str | None] = mapped_column(Text)
+    released_path: Mapped[str | None] = mapped_column(Text)
+    released_sha256: Mapped[str | None] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(Text)  # how the released PDF was signed
+    dag_run: Mapped[str | None] = mapped_column(String(250))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in session of the DPO web app, held server-side so that signing out or a
+    password change ends it at once (the cookie alone cannot be recalled). ``id`` is the
+    sha256 of the random token the cookie carries, never the token itself."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -53,6 +53,13 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                                               "title": ERROR_TITLES.get(status, "Error")},
                       status_code=status)
 
+    def crash_page() -> bytes:
+        html = app.state.templates.env.get_template("error.html").render(
+            user=None, csrf_token="", status=500, title="Something went wrong",
+            message="The server could not answer this request. It has been logged; try "
+                    "again, and tell the administrator if it happens again.")
+        return html.encode()
+
     def too_large_page(message: str) -> bytes:
         html = app.state.templates.env.get_template("error.html").render(
             user=None, csrf_token="", status=413, title=ERROR_TITLES[413], message=message)
@@ -76,6 +83,6 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
                        render=too_large_page)
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, render_error=crash_page)
     log.info("web app ready (reports from %s)", settings.resolved_reports_dir)
     return app

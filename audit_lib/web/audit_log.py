@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from audit_lib.store.models import WebAuditEvent
 
-ACTIONS = frozenset({"sign_in", "sign_in_failed", "sign_out", "subject_registered",
+ACTIONS = frozenset({"sign_in", "sign_in_failed", "sign_in_throttled", "sign_out", "subject_registered",
                      "subject_register_refused", "subject_viewed", "subject_erased",
                      "report_downloaded", "audit_log_viewed"})
 

@@ -8,17 +8,18 @@ looks at anything else in the form.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from audit_lib.store import session_scope
 from audit_lib.store.models import WebUser
-from audit_lib.web import sessions
+from audit_lib.web import session_store, sessions
 from audit_lib.web.sessions import COOKIE_NAME, SessionData
 from audit_lib.web.settings import WebSettings
 from audit_lib.web.users import SignedInUser
@@ -26,6 +27,12 @@ from audit_lib.web.users import SignedInUser
 CSRF_FIELD = "csrf_token"
 CSRF_MESSAGE = ("The form could not be accepted: its security token is missing or out of date "
                 "(CSRF check). Reload the page and submit it again.")
+NUL_MESSAGE = ("The form could not be accepted: a field holds a NUL character (code 0). "
+               "Remove it (it is often pasted by accident) and submit again.")
+# The largest id a store row can have (a signed 64-bit integer, SQLite's and PostgreSQL's
+# bigint): a bigger number in a path names nothing and is answered 404 before any query.
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 class LoginRequired(Exception):
@@ -56,8 +63,9 @@ def current_user(request: Request) -> SignedInUser:
     user = None
     if data is not None and data.user_id is not None:
         with session_scope() as s:
-            row = s.get(WebUser, data.user_id)
-            if row is not None and data.password_fp == sessions.password_fingerprint(row.password_hash):
+            row = s.get(WebUser, data.user_id) if 1 <= data.user_id <= MAX_ROW_ID else None
+            if (row is not None and data.password_fp == sessions.password_fingerprint(row.password_hash)
+                    and session_store.is_live(s, data.session_token, row.id)):
                 user = SignedInUser(id=row.id, username=row.username, role=row.role)
     if user is None:
         path = request.url.path
@@ -83,7 +91,8 @@ DpoUser = Annotated[SignedInUser, Depends(dpo_user)]
 
 def check_csrf(request: Request, form: FormData) -> None:
     """Refuse a POST whose form token does not match the session's (403), or that comes
-    from another origin."""
+    from another origin; then refuse a form with a NUL character in any text field (400:
+    PostgreSQL cannot store one, and no legitimate form value holds one)."""
     origin = request.headers.get("origin")
     if origin and origin != "null":
         host = request.headers.get("host", "")
@@ -92,8 +101,10 @@ def check_csrf(request: Request, form: FormData) -> None:
     data = session_data(request)
     sent = form.get(CSRF_FIELD)
     if data is None or not isinstance(sent, str) or not hmac.compare_digest(
-            sent.encode(), data.csrf_token.encode()):
+            sent.encode("utf-8", "surrogatepass"), data.csrf_token.encode()):
         raise HTTPException(status_code=403, detail=CSRF_MESSAGE)
+    if any(isinstance(v, str) and "\x00" in v for _, v in form.multi_items()):
+        raise HTTPException(status_code=400, detail=NUL_MESSAGE)
 
 
 def safe_next(target: str | None) -> str:
@@ -110,7 +121,35 @@ def login_redirect_url(next_path: str) -> str:
 
 
 def client_of(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's address: the peer's, unless the peer is a proxy listed in
+    ``AUDIT_WEB_TRUSTED_PROXIES``; then the nearest address in ``X-Forwarded-For`` that is
+    not itself a trusted proxy. A forwarded header from anyone else is ignored (it is
+    whatever the client chose to write)."""
+    peer = request.client.host if request.client else None
+    trusted = web_settings(request).trusted_proxy_networks
+    if peer is None or not trusted or not _in_networks(peer, trusted):
+        return peer
+    forwarded = [a.strip() for a in ",".join(request.headers.getlist("x-forwarded-for")).split(",")]
+    for address in reversed([a for a in forwarded if a]):
+        if not _in_networks(address, trusted):
+            return address if _is_ip(address) else peer
+    return peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _in_networks(address: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def set_session_cookie(request: Request, response: Response, data: SessionData) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from audit_lib.store.models import AuditedModel, AuditRun, Finding, ModelVersion, Report
+from audit_lib.store.models import AuditedModel, AuditRun, Finding, ModelVersion, Report, ReportDecision
 from audit_lib.web.wording import (decision_label, format_p, method_label, method_order,
                                    p_value_in_words, short_method)
 
@@ -93,22 +93,44 @@ class ReportView:
 
 
 def subject_reports(session: Session, subject_id: int, finding_ids: set[int]) -> list[ReportView]:
-    """Reports about this subject: its case (``subject:ID``) or any of its findings."""
+    """Released reports about this subject: its case (``subject:ID``) or any of its
+    findings. A draft awaiting approval or a rejected report is not offered."""
+    released = set(session.scalars(select(ReportDecision.report_id).where(
+        ReportDecision.decision == "approved", ReportDecision.released_path.is_not(None))))
+    from audit_lib.store.tombstones import withdrawn_report_ids
+
+    released -= withdrawn_report_ids(session)  # withdrawn (erasure, retention): never offered
     out = []
     for r in session.scalars(select(Report).order_by(Report.created_at.desc())):
         ids = {i for i in (r.finding_ids or []) if isinstance(i, int)}
+        if r.id not in released:
+            continue
         if r.case_id == f"subject:{subject_id}" or ids & finding_ids:
             out.append(ReportView(id=r.id, case_id=r.case_id, kind=r.kind,
                                   created_at=r.created_at, sha256=r.sha256))
     return out
 
 
-def report_file(report: Report, reports_dir: Path) -> Path | None:
-    """The report's PDF if, resolved, it lies inside ``reports_dir`` and exists; else None.
-    The path comes from the reports table, never from the request; a relative path is
-    taken relative to ``reports_dir``; symbolic links out of the folder are refused."""
+def released_file(session: Session, report: Report, reports_dir: Path) -> Path | None:
+    """The released (approved and signed) version of ``report``, checked as
+    :func:`report_file` checks a path; None for a draft or a rejected report."""
+    from audit_lib.reports.release import released_decision
+
+    from audit_lib.store.tombstones import withdrawn_report_ids
+
+    if report.id in withdrawn_report_ids(session):  # withdrawn: never served again
+        return None
+    decision = released_decision(session, report.id)
+    return report_file(decision.released_path, reports_dir) if decision and decision.released_path else None
+
+
+def report_file(report: Report | str, reports_dir: Path) -> Path | None:
+    """The report's PDF (a ``reports`` row, or a path recorded in the store) if, resolved,
+    it lies inside ``reports_dir`` and exists; else None. The path comes from the store,
+    never from the request; a relative path is taken relative to ``reports_dir``;
+    symbolic links out of the folder are refused."""
     root = reports_dir.resolve()
-    raw = Path(report.path)
+    raw = Path(report if isinstance(report, str) else report.path)
     candidate = (raw if raw.is_absolute() else root / raw).resolve()
     if not candidate.is_relative_to(root) or candidate == root or not candidate.is_file():
         return None

@@ -1,4 +1,5 @@
-"""ASGI middleware: a hard limit on request body size, and security headers.
+"""ASGI middleware: a hard limit on request body size, and security headers (on every
+response, a crash's 500 included).
 
 The body limit acts before any form parsing: a declared Content-Length over the limit is
 refused at once, and a body that grows past it while streaming (no or a lying
@@ -7,6 +8,7 @@ Content-Length) is cut off. Either way the client gets a 413 page saying what th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -17,6 +19,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -53,10 +57,12 @@ class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413."""
 
     def __init__(self, app: ASGIApp, max_bytes: int,
-                 render: Callable[[str], bytes] | None = None) -> None:
+                 render: Callable[[str], bytes] | None = None,
+                 media_type: bytes = b"text/html; charset=utf-8") -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.render = render or _plain_page
+        self.media_type = media_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +75,7 @@ class BodyLimitMiddleware:
             except ValueError:
                 too_big = True  # a malformed length is refused rather than trusted
             if too_big:
-                await _send_413(send, self.render(too_large_message(self.max_bytes)))
+                await _send_413(send, self.render(too_large_message(self.max_bytes)), self.media_type)
                 return
         seen = 0
         started = False
@@ -93,7 +99,7 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _send_413(send, self.render(too_large_message(self.max_bytes)))
+                await _send_413(send, self.render(too_large_message(self.max_bytes)), self.media_type)
 
 
 def _plain_page(message: str) -> bytes:
@@ -101,30 +107,56 @@ def _plain_page(message: str) -> bytes:
             f"<p>{message}</p>").encode()
 
 
-async def _send_413(send: Send, body: bytes) -> None:
+async def _send_413(send: Send, body: bytes, media_type: bytes = b"text/html; charset=utf-8") -> None:
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                "headers": [(b"content-type", media_type),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"), *SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": body})
 
 
 class SecurityHeadersMiddleware:
-    """Add the security headers above to every response."""
+    """Add the security headers above to every response, and answer an unhandled error
+    itself (a 500 page with the same headers, the error logged) so that no response, not
+    even a crash, goes out without them. Outermost of the app's own middleware."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, render_error: Callable[[], bytes] | None = None) -> None:
         self.app = app
+        self.render_error = render_error or _plain_error_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 message["headers"] = [*message.get("headers", []),
                                       *((k, v) for k, v in SECURITY_HEADERS if k not in names)]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:  # half a response is out: nothing better to do than drop it
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            try:
+                body = self.render_error()
+            except Exception:  # the error page itself failed (e.g. the templates)
+                body = _plain_error_page()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"connection", b"close"), *SECURITY_HEADERS]})
+            await send({"type": "http.response.body", "body": body})
+
+
+def _plain_error_page() -> bytes:
+    return (b"<!doctype html><title>Something went wrong</title><h1>Something went wrong</h1>"
+            b"<p>The server could not answer this request. It has been logged; try again, "
+            b"and tell the administrator if it happens again.</p>")

@@ -7,12 +7,13 @@ logged, rendered or stored in the database.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_lib.config import get_settings
@@ -36,6 +37,30 @@ class WebSettings(BaseSettings):
     max_files: int = Field(default=100, gt=0, description="most files in one registration")
     reports_dir: Path | None = Field(default=None,
                                      description="PDF reports folder (default <data_dir>/reports)")
+    trusted_proxies: str = Field(
+        default="", description="comma-separated addresses or networks of the reverse proxies "
+                                "whose X-Forwarded-For is believed (default: none)")
+    signin_max_failures: int = Field(default=5, gt=0,
+                                     description="failed sign-ins per user and per client address")
+    signin_window_s: int = Field(default=15 * 60, gt=0,
+                                 description="... within this many seconds, then 429 until it passes")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"AUDIT_WEB_TRUSTED_PROXIES: {part!r} is not an address or "
+                                 "network (e.g. 10.0.0.5 or 172.16.0.0/12)") from None
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The proxies whose forwarded headers are believed."""
+        return tuple(ipaddress.ip_network(p.strip(), strict=False)
+                     for p in self.trusted_proxies.split(",") if p.strip())
 
     @property
     def resolved_reports_dir(self) -> Path:
@@ -60,7 +85,7 @@ def load_secret_key(settings: WebSettings) -> bytes:
                              "print(secrets.token_hex(32))'`)")
         return value.encode()
     path = get_settings().data_dir / SECRET_FILE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -33,22 +33,29 @@ def uploaded_files(form: FormData, field: str) -> list[UploadFile]:
             if isinstance(f, UploadFile) and (f.filename or (f.size or 0) > 0)]
 
 
-async def check_uploads(files: list[UploadFile], taken: set[str]) -> tuple[list[CheckedImage], list[str]]:
-    """Check every file; returns the images that passed and one message per file that did
+async def read_uploads(files: list[UploadFile]) -> list[tuple[str | None, bytes]]:
+    """The sent files as (browser's file name, bytes); the request body is already under
+    the app's size limit, so reading is bounded."""
+    return [(upload.filename, await upload.read()) for upload in files]
+
+
+def check_uploads(files: list[tuple[str | None, bytes]],
+                  taken: set[str]) -> tuple[list[CheckedImage], list[str]]:
+    """Check every file (a full decode: CPU work, so call it from the thread pool, never
+    on the event loop); returns the images that passed and one message per file that did
     not. ``taken`` holds labels already used in this request (labels are made unique, so a
     message names one file only)."""
     limits = ImageLimits.from_settings().as_kwargs()
     images: list[CheckedImage] = []
     errors: list[str] = []
-    for i, upload in enumerate(files, start=1):
-        label = display_name(upload.filename, i)
+    for i, (filename, data) in enumerate(files, start=1):
+        label = display_name(filename, i)
         if label in taken:
             n = 2
             while f"{label} ({n})" in taken:
                 n += 1
             label = f"{label} ({n})"
         taken.add(label)
-        data = await upload.read()
         try:
             images.append(check_image_bytes(data, label, **limits))
         except ImageError as exc:

@@ -67,5 +67,20 @@ def authenticate(session: Session, username: str, password: str) -> WebUser | No
     return user
 
 
+def set_password(session: Session, user: WebUser, password: str) -> int:
+    """Give ``user`` a new password and end every session they have (a stolen or
+    forgotten session must not outlive the password it was opened with); returns how many
+    sessions ended."""
+    from audit_lib.web import session_store
+
+    try:
+        check_password_strength(password)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    user.password_hash = hash_password(password)
+    session.flush()
+    return session_store.revoke_all(session, user.id)
+
+
 def list_users(session: Session) -> list[WebUser]:
     return list(session.scalars(select(WebUser).order_by(WebUser.username)))

@@ -1,44 +1,41 @@
 """Findings in plain words for DPOs ("under H0 (…), a result at least this
-extreme has probability <= p"; never "proof")."""
+extreme has probability <= p"; never "proof"). Method names and their null in words come
+from the methods' specs (:mod:`audit_lib.method_registry`), decision words from the reports'
+wording, so the pages and the PDFs say the same."""
 
 from __future__ import annotations
 
-METHOD_NAMES = {
-    "idia": "Identity inference (does the model know this person?)",
-    "encoder_mi": "Membership inference (were this person's images used in training?)",
-}
+from audit_lib.method_registry import MethodSpec, find
+from audit_lib.reports.wording import DECISION_WORDS
 
-# What the null hypothesis says, per method, phrased as "if ...".
-NULL_IN_WORDS = {
-    "idia": "if the model had not been trained on this person",
-    "encoder_mi": "if the model had not been trained on these images",
-}
 
-SHORT_NAMES = {"idia": "identity", "encoder_mi": "membership"}
-
-DECISION_WORDS = {
-    "positive": "Evidence found",
-    "negative": "No evidence found",
-    "inconclusive": "Inconclusive",
-    "not_applicable": "Not applicable",
-}
+def _spec(method: str) -> MethodSpec | None:
+    return find(method)
 
 
 def method_order(method: str) -> int:
-    """Identity inference first, then membership inference, then anything else."""
-    return list(METHOD_NAMES).index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
+    """The registry's listing order (identity inference, membership inference, the
+    ownership checks, then anything else)."""
+    spec = _spec(method)
+    return spec.order if spec else 1_000_000
 
 
 def method_label(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    """The method's one-line name on the pages (its spec's ``web_label``, else its title)."""
+    spec = _spec(method)
+    return (spec.web_label or spec.title) if spec else method
 
 
 def short_method(method: str) -> str:
-    return SHORT_NAMES.get(method, method)
+    """The method's short tag on the pages."""
+    spec = _spec(method)
+    return (spec.short or spec.name) if spec else method
 
 
 def decision_label(decision: str) -> str:
-    return DECISION_WORDS.get(decision, decision)
+    """The report's decision words (``reports.wording.DECISION_WORDS``), capitalised."""
+    words = DECISION_WORDS.get(decision)
+    return words[0].upper() + words[1:] if words else decision
 
 
 def format_p(p: float) -> str:
@@ -65,7 +62,8 @@ def p_value_in_words(p: float | None, method: str) -> str:
     least this strong would happen at most 0.3% of the time"."""
     if p is None:
         return "no p-value (the method could not be applied)"
-    null = NULL_IN_WORDS.get(method, "under the method's null hypothesis (no link between "
-                                      "the model and this person)")
+    spec = _spec(method)
+    null = (spec.null_in_words if spec and spec.null_in_words else
+            "under the method's null hypothesis (no link between the model and this person)")
     return (f"p = {format_p(p)}: {null}, a result at least this strong would happen at most "
             f"{format_percent(p)} of the time")

@@ -9,8 +9,10 @@ Cache layout: ``{AUDIT_DATA_DIR}/zoo/<profile>/<entry>-<config hash[:12]>/`` hol
 the recipe, architecture (and its JSON config), the exact training data (image-set hash and
 indices, or photo hashes and captions), the seed, the training kit's source code, the
 torch version, the device type and CPU thread count: an entry is reused only when all of
-these match and its weights still have the recorded sha256. A file lock serialises builds
-of one profile, so concurrent test sessions wait for each other instead of racing.
+these match and its weights still have the recorded sha256. Each entry has its own file
+lock: concurrent builds of one profile (test workers, the demo) split the entries between
+them, each training what nobody else is training, then wait for and load the rest; none
+trains an entry twice.
 """
 
 from __future__ import annotations
@@ -84,12 +86,18 @@ def config_hash(spec: dict[str, Any], recipe: dict[str, Any], architecture: str,
 
 
 @contextmanager
-def _locked(root: Path) -> Iterator[None]:
+def _locked(root: Path, name: str = "", *, wait: bool = True) -> Iterator[bool]:
+    """Hold ``root/.NAME.lock`` (``root/.lock`` for the manifest). Yields False, holding
+    nothing, when ``wait`` is False and another process holds the lock."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(root / (f".{name}.lock" if name else ".lock"), "w") as fh:
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -136,14 +144,22 @@ def _entry(meta: dict[str, Any], entry_dir: Path, cached: bool) -> ZooEntry:
 
 
 def _build_or_load(root: Path, name: str, chash: str, train_and_measure: Callable[[], tuple[Any, dict[str, Any]]],
-                   meta_base: dict[str, Any]) -> ZooEntry:
+                   meta_base: dict[str, Any], wait: bool = True) -> ZooEntry | None:
+    """The cached entry, else trained under the entry's lock. With ``wait`` False, None when
+    another process is training it right now (the caller comes back for it later)."""
     entry_dir = root / f"{name}-{chash[:12]}"
     meta = _cached(entry_dir, chash)
     if meta is not None:
         log.info("zoo entry %s: cached at %s", name, entry_dir)
         return _entry(meta, entry_dir, cached=True)
-    module, extra = train_and_measure()
-    meta = _store(entry_dir, module, {**meta_base, **extra, "config_hash": chash})
+    with _locked(root, name, wait=wait) as held:
+        if not held:
+            return None
+        meta = _cached(entry_dir, chash)  # trained by another process while we waited
+        if meta is not None:
+            return _entry(meta, entry_dir, cached=True)
+        module, extra = train_and_measure()
+        meta = _store(entry_dir, module, {**meta_base, **extra, "config_hash": chash})
     log.info("zoo entry %s: trained (%s), measured %s", name, extra["train"], extra["metrics"])
     return _entry(meta, entry_dir, cached=False)
 
@@ -218,7 +234,7 @@ def face_captions(spec: ClipEntrySpec, plan: list[ZooPerson]) -> tuple[list[str]
 # --- entries ---------------------------------------------------------------------------
 
 def _build_clip(profile: Profile, spec: ClipEntrySpec, people: list[FacePerson], root: Path, device: str,
-                kit: str, progress: bool) -> ZooEntry:
+                kit: str, progress: bool, wait: bool = True) -> ZooEntry | None:
     from audit_lib.encoders.architectures import build
     from audit_lib.encoders.loading import file_sha256
 
@@ -241,7 +257,7 @@ def _build_clip(profile: Profile, spec: ClipEntrySpec, people: list[FacePerson],
     meta = {"name": spec.name, "role": "identity-target", "architecture": spec.architecture,
             "capabilities": ["image", "text"], "seed": spec.seed, "recipe": spec.recipe.as_dict(),
             "splits": splits}
-    return _build_or_load(root, spec.name, chash, train_and_measure, meta)
+    return _build_or_load(root, spec.name, chash, train_and_measure, meta, wait)
 
 
 def measure_clip(net: Any, spec: ClipEntrySpec, plan: list[ZooPerson]) -> dict[str, Any]:
@@ -287,7 +303,8 @@ def measure_membership(net: Any, images: ImageSet, members: list[int], nonmember
 
 
 def _build_image_entry(profile: Profile, spec: ImageEntrySpec, images: ImageSet, splits: dict[str, list[int]],
-                       downstream: dict[str, Any], root: Path, device: str, kit: str, progress: bool) -> ZooEntry:
+                       downstream: dict[str, Any], root: Path, device: str, kit: str, progress: bool,
+                       wait: bool = True) -> ZooEntry | None:
     train_idx = splits[spec.train_split]
     if spec.subset and spec.subset < len(train_idx):
         rng = np.random.default_rng(spec.subset_seed)
@@ -316,7 +333,7 @@ def _build_image_entry(profile: Profile, spec: ImageEntrySpec, images: ImageSet,
 
     meta = {"name": spec.name, "role": spec.role, "architecture": spec.architecture, "capabilities": ["image"],
             "seed": spec.seed, "recipe": spec.recipe.as_dict(), "splits": entry_splits}
-    return _build_or_load(root, spec.name, chash, train_and_measure, meta)
+    return _build_or_load(root, spec.name, chash, train_and_measure, meta, wait)
 
 
 # --- the zoo ---------------------------------------------------------------------------
@@ -344,25 +361,29 @@ def build_zoo(profile: str = "ci", device: str | None = None, register: bool = T
     dev = resolve_device(device)
     root = zoo_root(profile, cache_root)
     t0, c0 = time.perf_counter(), time.process_time()
+    kit = kit_version()
+    images = load_images()
+    faces = load_faces()
+    splits = image_splits(prof, images)
+    downstream = downstream_split(prof, images)
+    skipped: list[dict[str, str]] = []
+    wanted = (lambda n: only is None or n in only)
+    builders: list[Callable[[bool], ZooEntry | None]] = []
+    if prof.clip is not None and wanted(prof.clip.name):
+        if faces is None:
+            skipped.append({"name": prof.clip.name, "reason": "no faces with identities on this machine "
+                            "(../shared/data/faces is absent); identity entries need them"})
+            log.warning("zoo: %s skipped: %s", prof.clip.name, skipped[-1]["reason"])
+        else:
+            builders.append(lambda w: _build_clip(prof, prof.clip, faces, root, dev, kit, progress, w))
+    for spec in prof.image_entries:
+        if wanted(spec.name):
+            builders.append(lambda w, spec=spec: _build_image_entry(prof, spec, images, splits, downstream, root,
+                                                                    dev, kit, progress, w))
+    # First pass: train what nobody else is training; second pass: wait for the rest.
+    built = [b(False) for b in builders]
+    entries: list[ZooEntry] = [e if e is not None else b(True) for e, b in zip(built, builders)]  # type: ignore[misc]
     with _locked(root):
-        kit = kit_version()
-        images = load_images()
-        faces = load_faces()
-        splits = image_splits(prof, images)
-        downstream = downstream_split(prof, images)
-        entries: list[ZooEntry] = []
-        skipped: list[dict[str, str]] = []
-        wanted = (lambda n: only is None or n in only)
-        if prof.clip is not None and wanted(prof.clip.name):
-            if faces is None:
-                skipped.append({"name": prof.clip.name, "reason": "no faces with identities on this machine "
-                                "(../shared/data/faces is absent); identity entries need them"})
-                log.warning("zoo: %s skipped: %s", prof.clip.name, skipped[-1]["reason"])
-            else:
-                entries.append(_build_clip(prof, prof.clip, faces, root, dev, kit, progress))
-        for spec in prof.image_entries:
-            if wanted(spec.name):
-                entries.append(_build_image_entry(prof, spec, images, splits, downstream, root, dev, kit, progress))
         manifest = ZooManifest(
             profile=profile, root=str(root.resolve()), device=dev,
             image_set={"name": images.name, "source": images.source, "sha256": images.sha256,

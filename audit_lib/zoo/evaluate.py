@@ -15,19 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from audit_lib.embedding import embed_images
 from audit_lib.encoders.architectures import Network
+from audit_lib.methods.identity_inference import TEMPLATES as IDIA_TEMPLATES
 from audit_lib.zoo.augment import view_transform
-from audit_lib.zoo.data import normalize, to_float
+from audit_lib.zoo.data import to_float
 from audit_lib.zoo.recipes import AugmentConfig
-
-#: IDIA's 21 prompt templates (Hintersdorf et al., JAIR 2024, arXiv 2209.07341).
-IDIA_TEMPLATES: tuple[str, ...] = (
-    "{}", "an image of {}", "a photo of {}", "{} on a photo", "a photo of a person named {}",
-    "a person named {}", "a man named {}", "a woman named {}", "the name of the person is {}",
-    "a photo of a person with the name {}", "{} at a gala", "a photo of the celebrity {}",
-    "actor {}", "actress {}", "a colored photo of {}", "a black and white photo of {}",
-    "a cool photo of {}", "a cropped photo of {}", "a cropped image of {}", "{} in a suit",
-    "{} in a dress")
 
 
 def _float_images(network: Network, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -44,10 +37,7 @@ def embed(network: Network, images: np.ndarray | torch.Tensor, batch_size: int =
     """Image embeddings (float32 (N, d), not normalised) of images at the input size."""
     x = _float_images(network, images)
     network.module.eval()
-    out = [network.encode_image(normalize(x[i:i + batch_size], network.preprocess.mean,
-                                          network.preprocess.std)).float()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, network.embed_dim), np.float32)
+    return embed_images(network, x, batch_size=batch_size)
 
 
 def view_similarity(network: Network, images: np.ndarray, n_views: int = 10,

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from audit_lib.embedding import embed_images
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -187,15 +189,6 @@ def _clone(network: Network, architecture: str) -> Network:
     return net
 
 
-def embed(network: Network, images: np.ndarray) -> np.ndarray:
-    """A network's embeddings (N, d) of uint8 (N, H, W, 3) images at its input size."""
-    import torch
-
-    x = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)
-    with torch.inference_mode():
-        return network.encode_image(_to_input(network, x)).float().numpy()
-
-
 def fidelity(owned_embeddings: np.ndarray, other: Network, images: np.ndarray) -> float:
     """Mean cosine between ``other``'s embeddings of ``images`` and the owned model's
     (``owned_embeddings``, of the same images): how much of the owned model a derivative
@@ -204,7 +197,7 @@ def fidelity(owned_embeddings: np.ndarray, other: Network, images: np.ndarray) -
     used as a positive."""
     from audit_lib.methods.downstream import mean_cosine
 
-    return mean_cosine(owned_embeddings, embed(other, images))
+    return mean_cosine(owned_embeddings, embed_images(other, images))
 
 
 # --------------------------------------------------------------------------- derivations
@@ -327,9 +320,9 @@ def distil(teacher: Network, architecture: str, images: np.ndarray, *, epochs: i
     import torch
 
     from audit_lib.encoders.architectures import build
-    from audit_lib.methods.downstream import l2_normalise
+    from audit_lib.embedding import l2_normalise
 
-    t = l2_normalise(embed(teacher, images))
+    t = l2_normalise(embed_images(teacher, images))
     torch.manual_seed(seed)
     return _match(build(architecture), images, t, epochs=epochs, batch=batch, lr=1e-3, seed=seed)
 
@@ -406,7 +399,7 @@ def build_suspect_zoo(owned_architecture: str, owned_weights: Path, independents
     if manifest_path.is_file():
         log.info("suspect zoo %s: cached", key)
         return SuspectZoo(root, json.loads(manifest_path.read_text()))
-    from audit_lib.methods.fingerprint import torch_threads
+    from audit_lib.embedding import torch_threads
 
     config.check_fits(images.shape[0])
     for m in independents:  # a checkpoint that does not fit fails now, not after the positives' training
@@ -433,7 +426,7 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
     infringer_data, surrogate = images[:half], images[half:]
     probe = infringer_data[-FIDELITY_IMAGES:]
     owned = _load(owned_architecture, owned_weights)
-    owned_probe = embed(owned, probe)  # once: every model's fidelity is measured against it
+    owned_probe = embed_images(owned, probe)  # once: every model's fidelity is measured against it
     dim = owned.embed_dim
     records: list[ZooRecord] = []
     skipped: list[str] = []

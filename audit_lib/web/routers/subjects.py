@@ -3,6 +3,9 @@
 Registration uses the CLI's validation (``audit_lib.images.check_image_bytes`` for every
 file, ``audit_lib.registry.add_subject`` for the rest) and shows each error next to its
 field. Erasure uses ``audit_lib.registry.erase_subject`` after a confirmation step.
+Image checks, thumbnails and queries run in the thread pool (plain ``def`` handlers or
+``run_in_threadpool``), never on the event loop. Ids in paths are bounded (``RowId``): a
+number no row can have is a 404, not a database error.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import io
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
@@ -21,10 +26,11 @@ from audit_lib.registry import RegistryError
 from audit_lib.store import session_scope
 from audit_lib.store.models import SubjectImage
 from audit_lib.web import audit_log
-from audit_lib.web.deps import CurrentUser, DpoUser, check_csrf, client_of, render, web_settings
+from audit_lib.web.deps import (CurrentUser, DpoUser, RowId, check_csrf, client_of, render,
+                                web_settings)
 from audit_lib.web.findings_view import (latest_findings_by_subject, latest_per_model,
                                          subject_findings, subject_reports)
-from audit_lib.web.uploads import check_uploads, uploaded_files
+from audit_lib.web.uploads import check_uploads, read_uploads, uploaded_files
 from audit_lib.web.users import SignedInUser
 
 router = APIRouter(tags=["subjects"])
@@ -97,13 +103,17 @@ async def register_subject(request: Request, user: DpoUser) -> Response:
     settings = web_settings(request)
     form = await request.form(max_files=settings.max_files, max_fields=40)
     try:
-        return await _register(request, user, form)
+        check_csrf(request, form)
+        photo_files = await read_uploads(uploaded_files(form, "photos"))
+        claimed_files = await read_uploads(uploaded_files(form, "claimed"))
+        return await run_in_threadpool(_register, request, user, form, photo_files, claimed_files)
     finally:
         await form.close()  # uploaded files' temporary spools go at once
 
 
-async def _register(request: Request, user: SignedInUser, form: FormData) -> Response:
-    check_csrf(request, form)
+def _register(request: Request, user: SignedInUser, form: FormData,
+              photo_files: list[tuple[str | None, bytes]],
+              claimed_files: list[tuple[str | None, bytes]]) -> Response:
     values = {k: str(form.get(k) or "") for k in ("name", "aliases", "legal_basis", "sex")}
     errors: dict[str, list[str]] = {}
 
@@ -118,15 +128,16 @@ async def _register(request: Request, user: SignedInUser, form: FormData) -> Res
         add_error("aliases", f"aliases: at most {MAX_ALIASES}, one per line, "
                              f"{MAX_ALIAS_CHARS} characters each")
     taken: set[str] = set()
-    photos, photo_errors = await check_uploads(uploaded_files(form, "photos"), taken)
-    claimed, claimed_errors = await check_uploads(uploaded_files(form, "claimed"), taken)
+    photos, photo_errors = check_uploads(photo_files, taken)
+    claimed, claimed_errors = check_uploads(claimed_files, taken)
     for message in photo_errors:
         add_error("photos", message)
     for message in claimed_errors:
         add_error("claimed", message)
     label_field = {im.name: "photos" for im in photos} | {im.name: "claimed" for im in claimed}
     subject_id = None
-    try:
+
+    def write() -> int:
         with session_scope() as s:
             subject = registry.add_subject(
                 s, name=values["name"][:MAX_TEXT["name"]], aliases=aliases,
@@ -139,7 +150,16 @@ async def _register(request: Request, user: SignedInUser, form: FormData) -> Res
                              subject_id=subject.id, target=subject.pseudonym,
                              detail={"reference": len(photos), "claimed": len(claimed)},
                              client=client_of(request))
-            subject_id = subject.id
+            return subject.id
+
+    try:
+        try:
+            subject_id = write()
+        except IntegrityError:
+            # Two registrations of the same photo at the same moment: both saw no stored
+            # copy and both inserted it; the loser rolled back whole. Once more finds the
+            # winner's copy and shares it.
+            subject_id = write()
     except RegistryError as exc:
         field = _field_of(str(exc), label_field)
         if not (field == "photos" and "photos" in errors):  # "no photo" repeats a file error
@@ -157,7 +177,7 @@ async def _register(request: Request, user: SignedInUser, form: FormData) -> Res
 
 
 @router.get("/subjects/{subject_id}")
-def show_subject(request: Request, subject_id: int, user: CurrentUser) -> Response:
+def show_subject(request: Request, subject_id: RowId, user: CurrentUser) -> Response:
     """A subject's details, findings in plain words, and report links (logged as viewed)."""
     with session_scope() as s:
         try:
@@ -182,7 +202,7 @@ def show_subject(request: Request, subject_id: int, user: CurrentUser) -> Respon
 
 
 @router.get("/subjects/{subject_id}/images/{image_id}.png")
-def subject_image(subject_id: int, image_id: int, user: DpoUser) -> Response:
+def subject_image(subject_id: RowId, image_id: RowId, user: DpoUser) -> Response:
     """A small PNG of one of a live subject's photos (DPOs only; decoded from the store,
     re-encoded, so the browser never sees the uploaded bytes)."""
     with session_scope() as s:
@@ -199,7 +219,7 @@ def subject_image(subject_id: int, image_id: int, user: DpoUser) -> Response:
 
 
 @router.get("/subjects/{subject_id}/erase")
-def erase_form(request: Request, subject_id: int, user: DpoUser) -> Response:
+def erase_form(request: Request, subject_id: RowId, user: DpoUser) -> Response:
     """The confirmation step before an erasure."""
     with session_scope() as s:
         try:
@@ -212,10 +232,14 @@ def erase_form(request: Request, subject_id: int, user: DpoUser) -> Response:
 
 
 @router.post("/subjects/{subject_id}/erase")
-async def erase(request: Request, subject_id: int, user: DpoUser) -> Response:
+async def erase(request: Request, subject_id: RowId, user: DpoUser) -> Response:
     """Erase the subject once the DPO has ticked the confirmation box."""
     form = await request.form(max_files=0, max_fields=5)
     check_csrf(request, form)
+    return await run_in_threadpool(_erase, request, subject_id, user, form)
+
+
+def _erase(request: Request, subject_id: int, user: SignedInUser, form: FormData) -> Response:
     with session_scope() as s:
         try:
             subject = registry.get_subject(s, subject_id)
