@@ -54,10 +54,19 @@ def guarded(fn: Callable[[], T], *input_errors: type[Exception]) -> T:
     except (*product_errors(), *input_errors) as exc:
         fail(str(exc))
     except (OperationalError, ProgrammingError) as exc:
-        if "no such table" in str(exc) or "does not exist" in str(exc):
-            fail("the evidence store has no schema yet: run `encoder-audit db upgrade`")
+        _fail_if_no_schema(exc)
         raise
     raise AssertionError("unreachable")  # fail() always raises
+
+
+def _fail_if_no_schema(exc: Exception) -> None:
+    """A store without its schema (a table missing) is a setup step not yet taken."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    text = str(exc)
+    if isinstance(exc, (OperationalError, ProgrammingError)) and (
+            "no such table" in text or ("relation" in text and "does not exist" in text)):
+        fail("the evidence store has no schema yet: run `encoder-audit db upgrade`")
 
 
 class ErrorMappingGroup(TyperGroup):
@@ -70,6 +79,7 @@ class ErrorMappingGroup(TyperGroup):
         except Exception as exc:
             if isinstance(exc, product_errors()):
                 fail(str(exc))
+            _fail_if_no_schema(exc)
             raise
 
 

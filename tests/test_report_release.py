@@ -21,6 +21,7 @@ from audit_lib.store import session_scope
 from tests.fixtures_reports import add_model_version, add_subject, idia_result, make_case_findings, pdf_text
 from tests.fixtures_web import add_web_users, make_client
 from tests.smtp_server import smtp_server  # noqa: F401 - fixture
+from tests.test_report_pdfa import assert_pdfa3b
 from tests.tsa_server import TSAServer, make_pki, signing_env
 
 pytest.importorskip("airflow", reason="apache-airflow is not installed")
@@ -164,6 +165,13 @@ def test_approved_report_is_signed_recorded_offered_and_announced(airflow_dags, 
     with session_scope() as s:
         verified = verify_report(s, released)
     assert verified.problems == [] and any("as released by rita" in c for c in verified.checks), verified.problems
+    assert_pdfa3b(released, report.case_id)  # the archival format survives the signature
+    flipped = tmp_path / "flipped.pdf"
+    raw = bytearray(released.read_bytes())
+    raw[raw.index(b"\n") + 2] ^= 0x01  # the binary comment after %PDF-1.x: signed, and the file parses
+    flipped.write_bytes(bytes(raw))
+    with session_scope() as s:
+        assert verify_report(s, flipped).problems, "a flipped byte in the released PDF must fail verify"
 
     web = make_client(tmp_path)
     web.sign_in()

@@ -414,3 +414,16 @@ def test_json_of_refusal_is_not_half_written(db_url):
         m = registry.get_model(s, "vendor")
         assert json.dumps(m.adapter, sort_keys=True) == before
         assert m.endpoint_url == "http://127.0.0.1:9" and m.query_budget is None
+
+
+def test_a_store_without_its_schema_is_one_line_naming_the_migration(tmp_path, monkeypatch):
+    """Any command on a store that was never migrated: the hint to run the migrations, exit 2,
+    not a database traceback."""
+    monkeypatch.setenv("AUDIT_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["report", "render", "--case", "subject:1"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "db upgrade" in result.output and "Traceback" not in result.output

@@ -79,6 +79,9 @@ def bench_encoders(
 
     from audit_lib.bench.encoders import BenchConfig, format_table, run_benchmark
 
+    from audit_lib.cli_errors import check_output
+
+    check_output(out, folder=False, option="--out")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     result = run_benchmark(BenchConfig(architecture, images, batch_size, device, repeats), out)
     typer.echo(format_table(result))

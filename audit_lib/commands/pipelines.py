@@ -34,6 +34,9 @@ def bench_pipeline(
     if population not in ("zoo", "synthetic"):
         typer.secho(f"error: --population {population!r}: expected zoo or synthetic", err=True, fg="red")
         raise typer.Exit(2)
+    from audit_lib.cli_errors import check_output
+
+    check_output(out, folder=False, option="--out")
     logging.basicConfig(level=logging.WARNING)
     cfg = PipelineBenchConfig(subjects=subjects, population=population, claimed=claimed, n_candidates=n_candidates,
                               n_views=n_views, pairs_per_task=pairs_per_task, profile=profile)

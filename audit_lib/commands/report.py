@@ -26,11 +26,13 @@ def render(
     case_id: Annotated[Optional[str], typer.Option(help="case id to use (default: generated)")] = None,
 ) -> None:
     """Render the PDF evidence report for a case and record it in the evidence store."""
+    from audit_lib.cli_errors import check_output
     from audit_lib.reports import ReportError, render_report
     from audit_lib.store import session_scope
 
     if include_photos and pseudonymous:
         _fail("--include-photos and --pseudonymous contradict each other")
+    check_output(out, folder=True, option="--out")
     try:
         with session_scope() as s:
             path = render_report(s, case, out, include_photos=include_photos,
