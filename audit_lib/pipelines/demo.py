@@ -112,6 +112,8 @@ def main(n_candidates: int = 1000, profile: str = "ci", enrol: bool = True,
 
     fresh_embedded(demo_dir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("weasyprint", "fontTools", "httpx", "http.access"):  # per-page and per-poll lines
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -228,6 +230,7 @@ def _marked_model(owned_id: int) -> int | None:
 def _summary() -> None:
     from sqlalchemy import select
 
+    from audit_lib.reports.release import released_decision
     from audit_lib.store import session_scope
     from audit_lib.store.models import AuditedModel, AuditRun, DataSubject, Finding, ModelVersion, Report
 
@@ -253,12 +256,24 @@ def _summary() -> None:
         _say("\n== audit runs")
         for run in s.scalars(select(AuditRun).order_by(AuditRun.id)):
             _say(f"  {run.run_key}: {run.kind}, {run.status}")
-        reports = list(s.scalars(select(Report).order_by(Report.id)))
-    _say("\n== PDF evidence reports")
-    for r in reports:
-        _say(f"  {r.case_id}: {r.path}")
+        reports = []
+        for r in s.scalars(select(Report).order_by(Report.id)):
+            released = released_decision(s, r.id)
+            reports.append((r.case_id, r.path, released.released_path if released else None,
+                            released.decided_by if released else None))
+    _say("\n== PDF evidence reports (draft -> released, signed)")
+    for case_id, draft, released, by in reports:
+        _say(f"  {case_id}: {released} (approved by {by})" if released else f"  {case_id}: {draft} (draft, not released)")
     if not reports:
         _say("  none (no positive findings)")
+    elif any(released for _, _, released, _ in reports):
+        import os
+
+        _say("  check one (signature, chain, anchors):\n    AUDIT_DATA_DIR=%s AUDIT_DATABASE_URL=%s AUDIT_REPORT_TRUST_ROOT=%s \\\n"
+             "    encoder-audit report verify %s" % (os.environ.get("AUDIT_DATA_DIR", ""),
+                                                  os.environ.get("AUDIT_DATABASE_URL", ""),
+                                                  os.environ.get("AUDIT_REPORT_TRUST_ROOT", ""),
+                                                  next(r for _, _, r, _ in reports if r)))
 
 
 if __name__ == "__main__":
