@@ -25,16 +25,9 @@ RUN = "ownership_audit__pdfa"
 
 
 @pytest.fixture
-def sqlite_store(sqlite_database_url, monkeypatch, tmp_path):
+def sqlite_store(sqlite_db_url):
     """The SQLite evidence store, emptied (PDF/A does not depend on the backend)."""
-    from tests.conftest import _clear
-
-    _clear(sqlite_database_url)
-    monkeypatch.setenv("AUDIT_DATABASE_URL", sqlite_database_url)
-    monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
-    get_settings.cache_clear()
-    yield sqlite_database_url
-    get_settings.cache_clear()
+    return sqlite_db_url
 
 
 def render_one(url: str, out: Path, run_key: str = RUN) -> Path:
