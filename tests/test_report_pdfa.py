@@ -16,7 +16,6 @@ from pathlib import Path
 import pikepdf
 import pytest
 
-from audit_lib.config import get_settings
 from audit_lib.reports import render_report
 from audit_lib.store import session_scope
 from tests.fixtures_reports import add_model_version, make_case_findings, watermark_result
