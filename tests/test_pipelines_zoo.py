@@ -44,9 +44,11 @@ def zoo_store(ci_zoo, db_url, monkeypatch):
     return ci_zoo
 
 
-def test_privacy_audit_on_the_ci_zoo_decides_members_and_nonmembers(airflow_dags, zoo_store):
+def test_privacy_audit_on_the_ci_zoo_decides_members_and_nonmembers(airflow_dags, zoo_store, tmp_path,
+                                                                    monkeypatch):
     from audit_lib.evidence import verify_chain
     from audit_lib.pipelines.zoo_registry import register_privacy
+    from audit_lib.reports.release import released_decision
     from audit_lib.store import session_scope
     from audit_lib.store.models import AuditRun, Report
 
@@ -78,11 +80,28 @@ def test_privacy_audit_on_the_ci_zoo_decides_members_and_nonmembers(airflow_dags
     with session_scope() as s:
         run = s.scalar(select(AuditRun).where(AuditRun.run_key == f"privacy_audit/{dr.run_id}"))
         assert run.status == "succeeded" and verify_chain(s, run).ok
-    # the reports DAG renders one PDF per subject with a positive finding
-    dr2 = airflow_dags["evidence_reports"].test(run_conf={})
+    # the reports DAG renders one PDF per subject with a positive finding; its review step is
+    # answered through Airflow's REST API by the demo's reviewer, as a person would
+    from audit_lib.config import get_settings
+    from audit_lib.pipelines.demo_review import DemoReviewer, reviewer_auth_env
+    from audit_lib.reports.demo_signer import demo_signer_settings
+
+    auth, password = reviewer_auth_env(tmp_path / "review")
+    for k, v in {**demo_signer_settings(tmp_path / "signer"), **auth}.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    reviewer = DemoReviewer(password, timeout_s=900)
+    reviewer.start()
+    try:
+        dr2 = airflow_dags["evidence_reports"].test(run_conf={})
+    finally:
+        reviewer.stop.set()
+        reviewer.join(timeout=10)
+    assert reviewer.error is None and reviewer.answered == 1, reviewer.error
     assert str(dr2.state) == "success", _states(dr2)
     with session_scope() as s:
         reports = [(r.path, set(r.finding_ids)) for r in s.scalars(select(Report))]
+        assert all(released_decision(s, r.id) is not None for r in s.scalars(select(Report)))
     positives = {f.id for f in found if f.decision == "positive"}
     assert len(reports) == len(reg.identity_members)  # one per subject with a positive finding
     assert set().union(*(ids for _, ids in reports)) >= positives
