@@ -171,7 +171,8 @@ def test_platt_scaling_is_monotone_finite_on_separated_classes_and_needs_both():
 
 
 def test_fidelity_tells_a_copy_from_an_independent_and_the_config_keeps_a_probe_unseen():
-    from audit_lib.zoo.suspects import SuspectZooConfig, embed, fidelity, prune_global
+    from audit_lib.embedding import embed_images as embed
+    from audit_lib.zoo.suspects import SuspectZooConfig, fidelity, prune_global
 
     images = np.random.default_rng(0).integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
     owned = embed(tiny_network(0), images)
@@ -186,7 +187,7 @@ def test_fidelity_tells_a_copy_from_an_independent_and_the_config_keeps_a_probe_
 
 # --------------------------------------------------------------------------- artefacts
 
-def test_enrolment_artefact_round_trip_and_tamper_check(db_url, tmp_path):
+def test_enrolment_artefact_round_trip_and_tamper_check(db_url, tmp_path, small_cnn_weights):
     from sqlalchemy import update
 
     from audit_lib import registry
@@ -198,11 +199,10 @@ def test_enrolment_artefact_round_trip_and_tamper_check(db_url, tmp_path):
     init = np.random.default_rng(1).integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
     trained = fp.train_fingerprint(owned, entries, init, fp.FingerprintConfig(n_fingerprints=4, steps=5, hidden=8))
     enrolment = fp.enrolment_from_training(trained, {"key": "tiny", "scores": trained.scores}, alpha=0.05)
-    weights = tmp_path / "weights.safetensors"
-    weights.write_bytes(b"0")  # registration only checks that the file exists
+    arch, weights = small_cnn_weights  # registration loads the weights into the architecture
     with session_scope() as s:
         m = registry.add_model(s, name="owned-tiny", kind="checkpoint", role="owned", capabilities="image",
-                               architecture="small_cnn:small-cnn-32", weights_path=weights)
+                               architecture=arch, weights_path=weights)
         tensors, spec = enrolment.to_artefact()
         art = commit_artefact(s, model_id=m.id, kind=fp.ARTEFACT_KIND, tensors=tensors, spec=spec)
         model_id = m.id
@@ -375,7 +375,7 @@ def test_cli_enrol_then_verify_records_n_queries_and_the_finding(db_url, fingerp
     assert r.exit_code == 2 and "only an owned model" in r.output
     wide = "small_cnn:small-cnn-32-wide" if independents[0].architecture != "small_cnn:small-cnn-32-wide" \
         else "small_cnn:small-cnn-32"
-    add("mislabelled", "suspect", wide, independents[0].weights_path)  # registration only checks the file exists
-    r = runner.invoke(app, ["enrol-fingerprint", "--model", "owned-simclr", "--independent", "mislabelled",
-                            "--suspect-zoo", "ci", "--cache-dir", str(FINGERPRINT_CACHE)])
+    # mislabelled weights are refused at registration, before anything could use them
+    r = runner.invoke(app, ["models", "add", "--name", "mislabelled", "--role", "suspect", "--architecture", wide,
+                            "--weights", str(independents[0].weights_path)])
     assert r.exit_code == 2 and "do not fit the architecture" in r.output and "Traceback" not in r.output
