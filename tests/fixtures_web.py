@@ -54,24 +54,9 @@ def add_web_users(url: str) -> None:
         s.add(WebUser(username=VIEWER[0], password_hash=_hash(VIEWER[1]), role="viewer"))
 
 
-@pytest.fixture
-def web_store(sqlite_database_url, monkeypatch, tmp_path) -> Iterator[str]:
-    """An empty migrated SQLite store with users ``dora`` (dpo) and ``victor`` (viewer),
+def web_store_at(url: str, monkeypatch, tmp_path) -> Iterator[str]:  # noqa: ANN001 - pytest objects
+    """The store at ``url`` emptied, with users ``dora`` (dpo) and ``victor`` (viewer),
     selected through AUDIT_DATABASE_URL; AUDIT_DATA_DIR is a fresh temporary folder."""
-    clear_store(sqlite_database_url)
-    monkeypatch.setenv("AUDIT_DATABASE_URL", sqlite_database_url)
-    monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
-    get_settings.cache_clear()
-    add_web_users(sqlite_database_url)
-    yield sqlite_database_url
-    get_settings.cache_clear()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def web_db(request, monkeypatch, tmp_path) -> Iterator[str]:
-    """As ``web_store``, on SQLite and on PostgreSQL in turn."""
-    url = request.getfixturevalue("sqlite_database_url" if request.param == "sqlite"
-                                  else "pg_database_url")
     clear_store(url)
     monkeypatch.setenv("AUDIT_DATABASE_URL", url)
     monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
@@ -79,6 +64,21 @@ def web_db(request, monkeypatch, tmp_path) -> Iterator[str]:
     add_web_users(url)
     yield url
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def web_store(sqlite_database_url, monkeypatch, tmp_path) -> Iterator[str]:
+    """An empty migrated SQLite store with users ``dora`` (dpo) and ``victor`` (viewer),
+    selected through AUDIT_DATABASE_URL; AUDIT_DATA_DIR is a fresh temporary folder."""
+    yield from web_store_at(sqlite_database_url, monkeypatch, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def web_db(request, monkeypatch, tmp_path) -> Iterator[str]:
+    """As ``web_store``, on SQLite and on PostgreSQL in turn."""
+    url = request.getfixturevalue("sqlite_database_url" if request.param == "sqlite"
+                                  else "pg_database_url")
+    yield from web_store_at(url, monkeypatch, tmp_path)
 
 
 @dataclass

@@ -128,16 +128,9 @@ def test_web_app_stays_responsive_under_concurrent_sign_ins_and_uploads(request,
 @pytest.fixture
 def web_db_pg(pg_database_url, monkeypatch, tmp_path):  # noqa: ANN001, ANN201
     """``web_store`` on PostgreSQL."""
-    from audit_lib.config import get_settings
-    from tests.fixtures_web import add_web_users, clear_store
+    from tests.fixtures_web import web_store_at
 
-    clear_store(pg_database_url)
-    monkeypatch.setenv("AUDIT_DATABASE_URL", pg_database_url)
-    monkeypatch.setenv("AUDIT_DATA_DIR", str(tmp_path / "var"))
-    get_settings.cache_clear()
-    add_web_users(pg_database_url)
-    yield pg_database_url
-    get_settings.cache_clear()
+    yield from web_store_at(pg_database_url, monkeypatch, tmp_path)
 
 
 def test_reference_server_burst_of_faults():
