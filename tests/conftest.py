@@ -20,6 +20,16 @@ from audit_lib.config import PROJECT_ROOT, get_settings
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 FACES = SHARED_DATA / "faces" / "orl"
+
+
+def copy_photos(dst: Path, files: list[Path]) -> Path:
+    """A fresh photo folder ``dst`` holding ``files`` (named person-file, so names stay unique)."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, dst / f"{f.parent.name}-{f.name}")
+    return dst
 PG_ADMIN_URL = os.environ.get("AUDIT_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 

@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from audit_lib.cli import app
-from tests.conftest import FACES
+from tests.conftest import FACES, copy_photos
 
 runner = CliRunner()
 VIEWS = 4
 N_CLAIMED = 10
 N_REFS = 30  # 10 claimed at alpha 0.05 need 10 / 0.05 - 1 = 199 for a per-image decision
 
-
-def _copy(dst: Path, files: list[Path]) -> Path:
-    dst.mkdir(parents=True)
-    for f in files:
-        shutil.copy(f, dst / f"{f.parent.name}-{f.name}")
-    return dst
 
 
 @pytest.fixture
@@ -41,9 +34,9 @@ def setup(db_url, small_cnn_weights, tmp_path):
     from audit_lib import registry
     from audit_lib.store import session_scope
 
-    photos = _copy(tmp_path / "photos", [FACES / "s1" / f"{i}.pgm" for i in (1, 2, 3)])
-    claimed = _copy(tmp_path / "claimed", [FACES / "s2" / f"{i}.pgm" for i in range(1, N_CLAIMED + 1)])
-    refs = _copy(tmp_path / "refs", [FACES / f"s{p}" / f"{i}.pgm" for p in (3, 4, 5) for i in range(1, 11)])
+    photos = copy_photos(tmp_path / "photos", [FACES / "s1" / f"{i}.pgm" for i in (1, 2, 3)])
+    claimed = copy_photos(tmp_path / "claimed", [FACES / "s2" / f"{i}.pgm" for i in range(1, N_CLAIMED + 1)])
+    refs = copy_photos(tmp_path / "refs", [FACES / f"s{p}" / f"{i}.pgm" for p in (3, 4, 5) for i in range(1, 11)])
     arch, weights = small_cnn_weights
     with session_scope() as s:
         sid = registry.add_subject_from_folders(s, name="Ana Ferreira", legal_basis="GDPR 6(1)(f), test",
@@ -125,7 +118,7 @@ def test_refusals_come_before_any_query_and_leave_nothing(setup, tiny_clip_weigh
     from audit_lib.store import session_scope
 
     sid = setup["subject"]
-    two = _copy(setup["tmp"] / "two", [FACES / "s7" / f"{i}.pgm" for i in (1, 2)])
+    two = copy_photos(setup["tmp"] / "two", [FACES / "s7" / f"{i}.pgm" for i in (1, 2)])
     with session_scope() as s:
         registry.add_model(s, name="clip", kind="checkpoint", role="suspect", capabilities="image,text",
                            architecture=tiny_clip_weights[0], weights_path=tiny_clip_weights[1])
@@ -139,7 +132,7 @@ def test_refusals_come_before_any_query_and_leave_nothing(setup, tiny_clip_weigh
     res = _audit(sid, "--rule", "V")  # no classifier trained in this data folder
     assert res.exit_code == 2 and "EncoderMI-V: no classifier" in res.output and "Traceback" not in res.output
     # a claimed image registered as a reference too
-    both = _copy(setup["tmp"] / "both", [FACES / "s2" / "1.pgm"])
+    both = copy_photos(setup["tmp"] / "both", [FACES / "s2" / "1.pgm"])
     assert runner.invoke(app, ["models", "references", "add", "--model", "cnn", "--images", str(both)]).exit_code == 0
     res = _audit(sid)
     assert res.exit_code == 2 and "is also one of the model's reference non-members" in res.output

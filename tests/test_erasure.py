@@ -11,7 +11,6 @@ real ORL faces from ../shared/data.
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from pathlib import Path
 
@@ -20,17 +19,11 @@ from sqlalchemy import MetaData, select
 from typer.testing import CliRunner
 
 from audit_lib.cli import app
-from tests.conftest import FACES
+from tests.conftest import FACES, copy_photos
 
 runner = CliRunner()
 NAME, ALIASES = "Ana Ferreira", ["Anita Ferreira-Souza", "A. F. Souza"]
 
-
-def _folder(dst: Path, files: list[Path]) -> Path:
-    dst.mkdir(parents=True)
-    for f in files:
-        shutil.copy(f, dst / f"{f.parent.name}-{f.name}")
-    return dst
 
 
 @pytest.fixture
@@ -50,9 +43,9 @@ def audited(db_url, tiny_clip_weights, tmp_path):
         registry.add_model(s, name="clip", kind="checkpoint", role="suspect", capabilities="image,text",
                            architecture=tiny_clip_weights[0], weights_path=tiny_clip_weights[1])
         sid = registry.add_subject_from_folders(s, name=NAME, aliases=ALIASES, legal_basis="GDPR 6(1)(f), test",
-                                                photos_dir=_folder(tmp_path / "ana", ana), sex="f").id
+                                                photos_dir=copy_photos(tmp_path / "ana", ana), sex="f").id
         oid = registry.add_subject_from_folders(s, name="Bruno Keller", legal_basis="test", sex="m",
-                                                photos_dir=_folder(tmp_path / "bruno", other)).id
+                                                photos_dir=copy_photos(tmp_path / "bruno", other)).id
     res = runner.invoke(app, ["audit", "privacy", "--subject", str(sid), "--model", "clip",
                               "--n-candidates", "30", "--run-key", "erasure-idia", "--json"])
     assert res.exit_code == 0, res.output
