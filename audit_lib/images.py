@@ -34,6 +34,17 @@ class CheckedImage:
     height: int
 
 
+
+def load_whole(img: Image.Image) -> None:
+    """Decode all of ``img``, refusing a truncated file even where a library imported
+    elsewhere in the process has set Pillow's global ``LOAD_TRUNCATED_IMAGES``."""
+    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        img.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -62,13 +73,7 @@ def check_image_bytes(data: bytes, name: str, *, min_side: int, max_pixels: int,
             if fmt not in ACCEPTED_FORMATS:
                 raise ImageError(f"{name}: image format {fmt} is not accepted "
                                  f"(accepted: {', '.join(sorted(ACCEPTED_FORMATS))})")
-            # a library imported elsewhere in the process may have set Pillow's global
-            # LOAD_TRUNCATED_IMAGES; a truncated upload must be refused regardless
-            previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-            try:
-                img.load()
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+            load_whole(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

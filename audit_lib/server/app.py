@@ -290,16 +290,11 @@ def _decode_image(index: int, text: str) -> tuple[bytes, int]:
     if w * h > settings.max_image_pixels:
         raise HTTPException(413, f"images[{index}]: {w}x{h} pixels is over the limit of "
                                  f"{settings.max_image_pixels}")
-    # a library imported elsewhere in the process (some set Pillow's global
-    # LOAD_TRUNCATED_IMAGES on import) must not let a truncated image through
-    from PIL import ImageFile
+    from audit_lib.images import load_whole
 
-    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.load()
+            load_whole(img)
     except DECODE_ERRORS:
         raise HTTPException(400, f"images[{index}]: a truncated or corrupt image") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return data, w * h
