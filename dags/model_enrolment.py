@@ -21,7 +21,7 @@ _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits i
     **DAG_DEFAULTS,
     params={
         "model_id": Param(type="integer", minimum=1, description="the owned model to enrol"),
-        "zoo_profile": Param("ci", enum=["ci", "full", "smoke"],
+        "zoo_profile": Param("ci", enum=["ci", "demo", "full", "smoke"],
                              description="reference zoo: independent encoders and images"),
         "suspect_zoo": Param("ci", enum=["ci", "small", "full"], description="fingerprint suspect zoo size"),
         "n_fingerprints": Param(16, type="integer", minimum=1, maximum=100,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,23 @@ def test_fallback_without_shared_data_skips_identity_and_uses_digits(tmp_path, m
     assert [s["name"] for s in m.skipped] == ["tiny-clip"] and "faces" in m.skipped[0]["reason"]
     assert [e.name for e in m.entries] == ["simclr-target"]
     assert json.loads((tmp_path / "smoke" / "manifest-partial.json").read_text())["image_set"]["name"] == "digits"
+
+
+def test_an_entry_cached_under_another_profile_is_copied_not_retrained(tmp_path):
+    """Same config hash under another profile's folder (the demo profile's entries are the ci
+    profile's): the entry is copied, marked cached, with the same weights; none is trained."""
+    from audit_lib.zoo.build import build_zoo
+    from audit_lib.zoo.profiles import get_profile
+
+    first = build_zoo("smoke", device="cpu", register=False, cache_root=tmp_path, progress=False,
+                      only={"independent-01"})
+    (tmp_path / "smoke").rename(tmp_path / "other")
+    again = build_zoo("smoke", device="cpu", register=False, cache_root=tmp_path, progress=False,
+                      only={"independent-01"})
+    assert again.entries[0].cached and again.entries[0].sha256 == first.entries[0].sha256
+    assert (tmp_path / "other" / Path(again.entries[0].weights_path).parent.name).is_dir()  # left in place
+    ci, demo = get_profile("ci"), get_profile("demo")
+    assert {e.name for e in demo.image_entries} == {"simclr-target", "independent-01", "independent-02",
+                                                     "independent-03"}
+    assert all(e in ci.image_entries for e in demo.image_entries) and demo.clip == ci.clip
+    assert (demo.split_seed, demo.split_sizes) == (ci.split_seed, ci.split_sizes)

@@ -94,7 +94,9 @@ def register(app: typer.Typer) -> None:
     @run_app.command("demo")
     def run_demo(
         n_candidates: Annotated[int, typer.Option(help="IDIA names incl. decoys")] = 1000,
-        profile: Annotated[str, typer.Option(help="reference zoo profile: ci (default) or smoke (mechanics only)")] = "ci",
+        profile: Annotated[str, typer.Option(help=(
+            "reference zoo profile: demo (default: what the demo needs), ci (the tests' zoo) or smoke "
+            "(mechanics only)"))] = "demo",
         enrol: Annotated[bool, typer.Option(help="enrol the owned encoder (watermark, fingerprint) first")] = True,
         serve: Annotated[bool, typer.Option(help=(
             "do not run the demo: open what each user sees on the last demo's data (Airflow UI, "

@@ -186,10 +186,11 @@ def mi_split(manifest: Any, images: Any, *, n_each: int = 250, n_references: int
              seed: int = 0) -> MiSplit:
     """Draw the evaluation's images from the zoo's splits (random, seeded, fixed before
     anything is scored): shadow members / non-members from the shadow entry, target
-    members, and the target's non-members divided into test non-members and references."""
+    members, and the target's non-members divided into test non-members and references.
+    A zoo without a shadow entry (the ``demo`` profile) gives no shadow images."""
     rng = np.random.default_rng(seed)
     target = manifest.by_role("membership-target")[0]
-    shadow = manifest.by_role("membership-shadow")[0]
+    shadows = manifest.by_role("membership-shadow")
 
     def pick(idx: Sequence[int], n: int) -> list[int]:
         idx = list(idx)
@@ -199,8 +200,9 @@ def mi_split(manifest: Any, images: Any, *, n_each: int = 250, n_references: int
     n_ref = min(n_references, len(non) // 2)
     refs, test_non = sorted(non[:n_ref]), sorted(non[n_ref:n_ref + n_each])
     as_png = (lambda idx: [png_bytes(images.x_train[i]) for i in idx])
-    return MiSplit(shadow_members=as_png(pick(shadow.splits["members"], n_each)),
-                   shadow_nonmembers=as_png(pick(shadow.splits["nonmembers"], n_each)),
+    shadow = ([as_png(pick(shadows[0].splits[k], n_each)) for k in ("members", "nonmembers")] if shadows
+              else [[], []])
+    return MiSplit(shadow_members=shadow[0], shadow_nonmembers=shadow[1],
                    members=as_png(pick(target.splits["members"], n_each)),
                    test_nonmembers=as_png(test_non), references=as_png(refs))
 

@@ -12,7 +12,8 @@ torch version, the device type and CPU thread count: an entry is reused only whe
 these match and its weights still have the recorded sha256. Each entry has its own file
 lock: concurrent builds of one profile (test workers, the demo) split the entries between
 them, each training what nobody else is training, then wait for and load the rest; none
-trains an entry twice.
+trains an entry twice. An entry with the same config hash cached under another profile
+(the ``demo`` profile shares its entries with ``ci``) is copied rather than trained.
 """
 
 from __future__ import annotations
@@ -118,6 +119,23 @@ def _cached(entry_dir: Path, chash: str) -> dict[str, Any] | None:
     return meta
 
 
+def _copied_from_sibling(entry_dir: Path, chash: str) -> dict[str, Any] | None:
+    """The same entry (same config hash: same recipe, data, seed, kit) cached by another
+    profile, copied into ``entry_dir``; None when no profile has it. The ``demo`` profile's
+    entries are the ``ci`` profile's, so whichever was built first serves the other."""
+    for sibling in sorted(entry_dir.parent.parent.glob(f"*/{entry_dir.name}")):
+        if sibling == entry_dir or _cached(sibling, chash) is None:
+            continue
+        tmp = entry_dir.with_name(entry_dir.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(sibling, tmp)
+        shutil.rmtree(entry_dir, ignore_errors=True)
+        tmp.rename(entry_dir)
+        log.info("zoo entry %s: copied from profile %s", entry_dir.name, sibling.parent.name)
+        return _cached(entry_dir, chash)
+    return None
+
+
 def _store(entry_dir: Path, module: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """Save weights and meta into a fresh ``entry_dir`` (built aside, then renamed)."""
     from audit_lib.zoo.train import save_checkpoint
@@ -156,6 +174,8 @@ def _build_or_load(root: Path, name: str, chash: str, train_and_measure: Callabl
         if not held:
             return None
         meta = _cached(entry_dir, chash)  # trained by another process while we waited
+        if meta is None:
+            meta = _copied_from_sibling(entry_dir, chash)
         if meta is not None:
             return _entry(meta, entry_dir, cached=True)
         module, extra = train_and_measure()

@@ -2,6 +2,9 @@
 
 - ``ci``: everything the tests need, built on 2 CPU cores in minutes and cached.
 - ``full``: larger members sets, longer training, 24 independent encoders (meant for a GPU).
+- ``demo``: what ``make demo`` needs and no more: the ci profile's tiny CLIP and SimCLR
+  target (same recipes, seeds and splits, so the same weights) and its first three
+  independent encoders; no shadow encoder (the demo's membership rule needs none).
 - ``smoke``: a few optimiser steps per entry, for testing the build machinery itself.
 
 Entries:
@@ -125,6 +128,13 @@ def _full() -> Profile:
                    image_entries=entries, mi_eval_images=500)
 
 
+def _demo() -> Profile:
+    ci = _ci()
+    entries = tuple(e for e in ci.image_entries if e.role != "membership-shadow")
+    independents = [e for e in entries if e.role == "independent"][3:]
+    return replace(ci, name="demo", image_entries=tuple(e for e in entries if e not in independents))
+
+
 def _smoke() -> Profile:
     ci = _ci()
     quick = SimCLRRecipe(epochs=1, batch_size=32, max_steps=2, warmup_steps=1)
@@ -134,7 +144,7 @@ def _smoke() -> Profile:
                    downstream_per_class=10, clip=clip, image_entries=entries, mi_eval_images=16, mi_views=3)
 
 
-PROFILES = {"ci": _ci, "full": _full, "smoke": _smoke}
+PROFILES = {"ci": _ci, "demo": _demo, "full": _full, "smoke": _smoke}
 
 
 def get_profile(name: str) -> Profile:
