@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,16 +47,14 @@ def cache_lock(name: str) -> Iterator[None]:
         finally:
             _HELD[name] -= 1
         return
-    folder = PROJECT_ROOT / "var" / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    from audit_lib.zoo.build import cache_lock as file_lock
+
+    with file_lock(PROJECT_ROOT / "var" / "locks", name):
         _HELD[name] = 1
         try:
             yield
         finally:
             _HELD[name] = 0
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _pg_create(name: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from audit_lib.zoo.build import _build_or_load, _locked  # noqa: E402
+from audit_lib.zoo.build import _build_or_load, cache_lock  # noqa: E402
 
 META = {"name": "e", "role": "independent", "architecture": "test", "capabilities": ["image"], "seed": 0,
         "recipe": {}, "splits": {}}
@@ -36,7 +36,7 @@ def test_an_entry_locked_elsewhere_is_skipped_then_trained_once(tmp_path):
 
 
 def test_the_manifest_lock_does_not_block_entry_locks(tmp_path):
-    with _locked(tmp_path) as held, _locked(tmp_path, "e", wait=False) as entry:
+    with cache_lock(tmp_path) as held, cache_lock(tmp_path, "e", wait=False) as entry:
         assert held and entry
-    with _locked(tmp_path, "e") as a, _locked(tmp_path, "e", wait=False) as b:
+    with cache_lock(tmp_path, "e") as a, cache_lock(tmp_path, "e", wait=False) as b:
         assert a and not b

@@ -87,8 +87,9 @@ def config_hash(spec: dict[str, Any], recipe: dict[str, Any], architecture: str,
 
 
 @contextmanager
-def _locked(root: Path, name: str = "", *, wait: bool = True) -> Iterator[bool]:
-    """Hold ``root/.NAME.lock`` (``root/.lock`` for the manifest). Yields False, holding
+def cache_lock(root: Path, name: str = "", *, wait: bool = True) -> Iterator[bool]:
+    """Hold ``root/.NAME.lock`` (``root/.lock`` for the manifest), a cross-process file lock
+    around building one cached artefact (zoo entries, suspect zoos). Yields False, holding
     nothing, when ``wait`` is False and another process holds the lock."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / (f".{name}.lock" if name else ".lock"), "w") as fh:
@@ -170,7 +171,7 @@ def _build_or_load(root: Path, name: str, chash: str, train_and_measure: Callabl
     if meta is not None:
         log.info("zoo entry %s: cached at %s", name, entry_dir)
         return _entry(meta, entry_dir, cached=True)
-    with _locked(root, name, wait=wait) as held:
+    with cache_lock(root, name, wait=wait) as held:
         if not held:
             return None
         meta = _cached(entry_dir, chash)  # trained by another process while we waited
@@ -403,7 +404,7 @@ def build_zoo(profile: str = "ci", device: str | None = None, register: bool = T
     # First pass: train what nobody else is training; second pass: wait for the rest.
     built = [b(False) for b in builders]
     entries: list[ZooEntry] = [e if e is not None else b(True) for e, b in zip(built, builders)]  # type: ignore[misc]
-    with _locked(root):
+    with cache_lock(root):
         manifest = ZooManifest(
             profile=profile, root=str(root.resolve()), device=dev,
             image_set={"name": images.name, "source": images.source, "sha256": images.sha256,

@@ -400,13 +400,20 @@ def build_suspect_zoo(owned_architecture: str, owned_weights: Path, independents
         log.info("suspect zoo %s: cached", key)
         return SuspectZoo(root, json.loads(manifest_path.read_text()))
     from audit_lib.embedding import torch_threads
+    from audit_lib.zoo.build import cache_lock
 
     config.check_fits(images.shape[0])
     for m in independents:  # a checkpoint that does not fit fails now, not after the positives' training
         _load(m.architecture, Path(m.weights_path))
-    with torch_threads(config.num_threads):
-        return _build(owned_architecture, owned_weights, owned_sha, independents, ind_keys, images, root, key,
-                      config)
+    # One builder per key across processes (two enrolments, two test workers): they would share
+    # the ``.partial`` folder, and the first to finish would rename it away under the other.
+    with cache_lock(Path(cache_dir), key):
+        if manifest_path.is_file():
+            log.info("suspect zoo %s: built by another process meanwhile", key)
+            return SuspectZoo(root, json.loads(manifest_path.read_text()))
+        with torch_threads(config.num_threads):
+            return _build(owned_architecture, owned_weights, owned_sha, independents, ind_keys, images, root, key,
+                          config)
 
 
 def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, independents: Sequence[IndependentModel],
