@@ -23,10 +23,19 @@ def bench_pipeline(
     n_views: Annotated[int, typer.Option(help="EncoderMI views per image")] = 10,
     pairs_per_task: Annotated[int, typer.Option(help="subject x model pairs per mapped task")] = 1,
     profile: Annotated[str, typer.Option(help="reference zoo profile")] = "ci",
+    database_url: Annotated[Optional[str], typer.Option(help=(
+        "a PostgreSQL server, as the URL of any database on it (e.g. "
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres): the evidence store is a throwaway "
+        "database encoder_audit_bench_<pid> created there and dropped after the run (default: a fresh "
+        "SQLite file)"))] = None,
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default var/bench/pipeline-*.json)")] = None,
+    work_dir: Annotated[Optional[Path], typer.Option(help=(
+        "the run's folder (Airflow home, SQLite store), emptied first "
+        "(default var/bench/pipeline-<population>-<S>[-pg])"))] = None,
 ) -> None:
-    """Privacy audit of S subjects x 3 zoo models with dag.test(): wall time, queries, cache
-    hits, and the share of wall time in model work vs Airflow / database overhead."""
+    """Privacy audit of S subjects x 3 zoo models with dag.test(): wall time, pairs per
+    second, queries, cache hits, the share of wall time in model work vs Airflow / database
+    overhead, peak memory and the evidence store's size per 1,000 pairs."""
     import logging
 
     from audit_lib.bench.pipeline import PipelineBenchConfig, format_result, run_pipeline_bench
@@ -37,11 +46,13 @@ def bench_pipeline(
     from audit_lib.cli_errors import check_output
 
     check_output(out, folder=False, option="--out")
+    check_output(work_dir, folder=True, option="--work-dir")
     logging.basicConfig(level=logging.WARNING)
     cfg = PipelineBenchConfig(subjects=subjects, population=population, claimed=claimed, n_candidates=n_candidates,
-                              n_views=n_views, pairs_per_task=pairs_per_task, profile=profile)
+                              n_views=n_views, pairs_per_task=pairs_per_task, profile=profile,
+                              database_url=database_url or "")
     try:
-        result = run_pipeline_bench(cfg, out, progress=typer.echo)
+        result = run_pipeline_bench(cfg, out, progress=typer.echo, work_dir=work_dir)
     except ValueError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from None

@@ -77,6 +77,31 @@ def _set_manifest_bytes(inputs: Sequence[str], responses: Sequence[str]) -> byte
     return b"".join(bytes.fromhex(h) for h in inputs) + b"".join(bytes.fromhex(r) for r in responses)
 
 
+TEXT_SET_HASH_MEMO = 4  # text-set tuples whose hash lists are known by identity
+_SET_HASHES: OrderedDict[int, tuple[tuple[str, ...], tuple[str, ...]]] = OrderedDict()
+_SET_HASH_LOCK = threading.Lock()
+
+
+def text_set_hashes(texts: Sequence[str]) -> tuple[str, ...]:
+    """The prompts' sha256 digests (:func:`~audit_lib.encoders.text_set_memo.text_hashes`);
+    a tuple seen before (the same object: IDIA's ``decoy_prompts``) is known by identity,
+    without hashing its texts again. A tuple cannot change, and the memo holds it, so its
+    id is not reused while remembered."""
+    if isinstance(texts, tuple):
+        with _SET_HASH_LOCK:
+            hit = _SET_HASHES.get(id(texts))
+            if hit is not None and hit[0] is texts:
+                _SET_HASHES.move_to_end(id(texts))
+                return hit[1]
+    out = text_hashes(texts)
+    if isinstance(texts, tuple):
+        with _SET_HASH_LOCK:
+            _SET_HASHES[id(texts)] = (texts, out)
+            while len(_SET_HASHES) > TEXT_SET_HASH_MEMO:
+                _SET_HASHES.popitem(last=False)
+    return out
+
+
 def read_text_set(session: Any, model_version: str, set_sha256: str) -> list[tuple[str, str]]:
     """Expand a ``text-set`` evidence item from the store: the ordered (prompt sha256,
     response sha256) pairs it commits to. Checks that the manifest row's input hashes give
@@ -113,12 +138,21 @@ def read_text_set(session: Any, model_version: str, set_sha256: str) -> list[tup
 
 @dataclass
 class _RunRecord:
-    """What one process appended to one run's chain: the (kind, input, response) keys and
-    the last row it wrote (checked against the store before the keys are trusted, so a
-    purged or re-created database is never taken for the remembered one)."""
+    """What one process appended to one run's chain: the (kind, input, response) keys
+    (:func:`recorded_key`) and the last row it wrote (checked against the store before the
+    keys are trusted, so a purged or re-created database is never taken for the remembered
+    one)."""
 
     anchor: tuple[int, str] | None = None
-    keys: set[tuple[str, str, str]] = field(default_factory=set)
+    keys: set[bytes] = field(default_factory=set)
+
+
+def recorded_key(kind: str, input_sha256: str, response_sha256: str) -> bytes:
+    """The compact key a run record remembers for one appended row: 16 bytes of BLAKE2b
+    over (kind, input hash, response hash), several times smaller than the three strings, so
+    a registry-scale run's record stays small (the odds of any collision among the two
+    million keys a run may remember are below 2^-86)."""
+    return hashlib.blake2b(f"{kind}\0{input_sha256}\0{response_sha256}".encode("utf-8"), digest_size=16).digest()
 
 
 _RECORDED: OrderedDict[tuple[str, str], _RunRecord] = OrderedDict()
@@ -147,7 +181,11 @@ def _run_record(session: Any, run: AuditRun) -> _RunRecord:
 
 
 def _image_bytes(image: Any) -> bytes:
-    if isinstance(image, (bytes, bytearray, memoryview)):
+    """The encoded bytes of one input; a ``bytes`` object as it is (a view keeps the pixels
+    it carries for the inner handle, see :class:`audit_lib.methods.views.View`)."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (bytearray, memoryview)):
         return bytes(image)
     from PIL import Image
 
@@ -207,11 +245,11 @@ class StoreBackedHandle(WrappingHandle):
         counts as a hit or a miss, as through :meth:`encode_texts`."""
         if "text" not in self.capabilities:
             raise NotApplicable("this model has no text embeddings")
+        hashes = list(text_set_hashes(texts))
         texts = list(texts)
         n = len(texts)
         if n == 0:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
-        hashes = list(text_hashes(texts))
         set_sha = member_set_sha256(hashes)
         key = (self._version, set_sha)
         when = utcnow()
@@ -451,7 +489,7 @@ class StoreBackedHandle(WrappingHandle):
         record = _run_record(session, run)
         kept, keys = [], set()
         for row in rows:
-            k = (row.kind, row.input_sha256, row.response_sha256)
+            k = recorded_key(row.kind, row.input_sha256, row.response_sha256)
             if row.cached and (k in record.keys or k in keys):
                 continue
             kept.append(row)
@@ -489,7 +527,8 @@ def with_query_counts(details: dict[str, Any], handle: EncoderHandle, since: tup
 def delete_cached_inputs(session: Any, input_hashes: Sequence[str], kinds: Sequence[str]) -> int:
     """Delete every cached answer (any model version) for these input hashes and kinds: an
     erased subject's photos and name prompts leave the query cache. Returns rows deleted.
-    The process memos of text sets are cleared too (they may hold the same answers)."""
+    The process memos of text sets and views are cleared too (they may hold the same answers
+    or views of the same images)."""
     from sqlalchemy import delete
 
     hashes = sorted(set(input_hashes))
@@ -499,4 +538,9 @@ def delete_cached_inputs(session: Any, input_hashes: Sequence[str], kinds: Seque
         deleted += session.execute(delete(QueryCacheEntry).where(
             QueryCacheEntry.input_sha256.in_(chunk), QueryCacheEntry.kind.in_(list(kinds)))).rowcount or 0
     clear_text_set_memo()
+    with _SET_HASH_LOCK:
+        _SET_HASHES.clear()
+    from audit_lib.methods.views import clear_view_memo
+
+    clear_view_memo()
     return deleted

@@ -48,10 +48,15 @@ def default_device() -> str:
 
 
 def _to_pil(image: Any):  # noqa: ANN202 - PIL.Image.Image
+    """One input as an RGB PIL image; bytes that carry their decoded pixels (an EncoderMI
+    view, :class:`audit_lib.methods.views.View`) are not decoded again."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    pixels = getattr(image, "pixels", None)
+    if isinstance(pixels, Image.Image):
+        return pixels.convert("RGB")
     if isinstance(image, (bytes, bytearray, memoryview)):
         return Image.open(io.BytesIO(bytes(image))).convert("RGB")
     raise TypeError(f"an image must be encoded bytes or a PIL image, not {type(image).__name__}")
@@ -194,17 +199,12 @@ class LocalEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts with the model's tokenizer; :class:`NotApplicable` for image-only models."""
-        import torch
-
         if self.network.encode_text is None or self.network.tokenizer is None:
             raise NotApplicable(f"{self.network.info.get('name', 'this model')} has no text tower")
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start:start + self.batch_size])
-            tokens = self.network.tokenizer(chunk).to(self.device)
-            with self._lock, torch.inference_mode(), self._autocast():
-                emb = self.network.encode_text(tokens)
-            out[start:start + len(chunk)] = emb.float().cpu().numpy()
+            out[start:start + len(chunk)] = self.forward_tokens(self.network.tokenizer(chunk))
         return out
 
     # --- pieces the benchmark and the methods can use directly --------------------------
@@ -219,6 +219,14 @@ class LocalEncoder:
 
         with self._lock, torch.inference_mode(), self._autocast():
             emb = self.network.encode_image(batch.to(self.device, non_blocking=True))
+        return emb.float().cpu().numpy()
+
+    def forward_tokens(self, tokens: Any) -> np.ndarray:
+        """The text tower on already tokenized texts (one batch); float32 numpy."""
+        import torch
+
+        with self._lock, torch.inference_mode(), self._autocast():
+            emb = self.network.encode_text(tokens.to(self.device))
         return emb.float().cpu().numpy()
 
     def close(self) -> None:

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,6 +124,30 @@ def prompt_texts(names: Sequence[str], templates: Sequence[str] = TEMPLATES) -> 
     return [t.format(n) for t in templates for n in names]
 
 
+DECOY_PROMPT_MEMO = 4  # decoy name lists whose prompts a process keeps (one per sex and seed)
+_DECOY_PROMPTS: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+_DECOY_LOCK = threading.Lock()
+
+
+def decoy_prompts(names: Sequence[str]) -> tuple[str, ...]:
+    """:func:`prompt_texts` of the decoy names as a tuple: the same tuple object for the
+    same names (the last few lists are kept), so a store-backed handle that hashed this set
+    once knows it again by identity (``encoders.cache.text_set_hashes``) instead of
+    re-hashing ~21,000 prompts for every subject."""
+    key = tuple(names)
+    with _DECOY_LOCK:
+        hit = _DECOY_PROMPTS.get(key)
+        if hit is not None:
+            _DECOY_PROMPTS.move_to_end(key)
+            return hit
+    out = tuple(prompt_texts(key))
+    with _DECOY_LOCK:
+        out = _DECOY_PROMPTS.setdefault(key, out)
+        while len(_DECOY_PROMPTS) > DECOY_PROMPT_MEMO:
+            _DECOY_PROMPTS.popitem(last=False)
+    return out
+
+
 @dataclass
 class IdiaScores:
     """What the published rule and the calibration read off the similarities."""
@@ -201,20 +227,19 @@ def _digest(obj) -> str:
 def decoy_set_sha256(decoy_texts: Sequence[str]) -> str:
     """The digest of the decoy prompts as a set evidence item commits to it: sha256 of the
     ordered prompts' sha256 hex digests joined by newlines (``member_set_sha256``)."""
-    from audit_lib.encoders.cache import member_set_sha256
-    from audit_lib.encoders.text_set_memo import text_hashes
+    from audit_lib.encoders.cache import member_set_sha256, text_set_hashes
 
-    return member_set_sha256(text_hashes(decoy_texts))
+    return member_set_sha256(text_set_hashes(decoy_texts))
 
 
-def _encode_decoys(handle: EncoderHandle, decoy_texts: list[str]) -> np.ndarray:
+def _encode_decoys(handle: EncoderHandle, decoy_texts: Sequence[str]) -> np.ndarray:
     """The decoy prompts' embeddings: through the handle's text-set path where it has one
     (:class:`TextSetHandle`, the store-backed handle: fetched once per model version and
     process, ONE evidence item per audit instead of one per prompt), else as ordinary text
     queries."""
     if isinstance(handle, TextSetHandle):
         return handle.encode_text_set(decoy_texts)
-    return handle.encode_texts(decoy_texts)
+    return handle.encode_texts(list(decoy_texts))
 
 
 def _not_applicable(reason: str, parameters: dict) -> FindingResult:
@@ -257,7 +282,7 @@ def run_idia(handle: EncoderHandle, images: Sequence[bytes], name: str, *, alias
     cands = build_candidates(name, aliases, decoys=pool, n_candidates=n_candidates)
     parameters["names_sha256"] = _digest(list(cands.names))
     g = cands.group_size
-    own_texts, decoy_texts = prompt_texts(cands.names[:g]), prompt_texts(cands.names[g:])
+    own_texts, decoy_texts = prompt_texts(cands.names[:g]), decoy_prompts(cands.names[g:])
     parameters["decoy_prompts_sha256"] = decoy_set_sha256(decoy_texts)
     try:
         own_emb = np.asarray(handle.encode_texts(own_texts), dtype=np.float64)

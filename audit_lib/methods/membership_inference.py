@@ -71,15 +71,17 @@ def load_default_classifier(rule: str, n_views: int) -> MIClassifier:
 
 
 def view_features(handle: EncoderHandle, images: Sequence[bytes], n_views: int = 10,
-                  recipe: ViewRecipe = DEFAULT_RECIPE) -> np.ndarray:
+                  recipe: ViewRecipe = DEFAULT_RECIPE, *, memo: bool = False) -> np.ndarray:
     """(N, n(n-1)/2) pairwise cosine similarities of each image's seeded views, from one
-    batched query of N * n views (``kind="view"``)."""
+    batched query of N * n views (``kind="view"``). ``memo``: the views come from the
+    process's view memo (``views.make_views``; for the reference non-members, which every
+    pair asks for)."""
     if not images:
         return np.zeros((0, n_views * (n_views - 1) // 2))
     views: list[bytes] = []
     for i, img in enumerate(images):
         try:
-            views.extend(make_views(img, n_views, recipe))
+            views.extend(make_views(img, n_views, recipe, memo=memo))
         except ValueError:
             raise
         except Exception as exc:  # PIL errors on bytes that are not an image
@@ -149,7 +151,7 @@ def run_encodermi(handle: EncoderHandle, images: Sequence[bytes], reference_nonm
     claimed_sha = [_sha(b) for b in images]
     version = handle.model_version
     feats = view_features(handle, images, n_views)
-    ref_feats = view_features(handle, reference_nonmembers, n_views)
+    ref_feats = view_features(handle, reference_nonmembers, n_views, memo=True)
     if handle.model_version != version:
         raise MethodInputError("EncoderMI: the model version changed during the run "
                                f"({version[:12]} -> {handle.model_version[:12]}); rerun the audit")

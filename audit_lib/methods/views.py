@@ -10,17 +10,46 @@ from a generator seeded by the image's sha256, so a re-run produces byte-identic
 (PNG-encoded, deterministic) that hit the query cache and can be re-derived by a
 reviewer from the image alone. The augmentation is written with PIL and numpy (not
 torchvision's global RNG) so that it does not depend on process-wide random state.
+
+Speed, without changing a byte: each view is a :class:`View`, its canonical PNG bytes (what
+is hashed, cached and recorded) carrying the pixels they were encoded from, so an
+in-process handle embeds the pixels instead of decoding the PNG again (PNG is lossless: the
+decoded image is the same). The views of images asked for again and again (a model's
+reference non-members, by every membership pair of an audit) can be kept in a small
+per-process memo (``make_views(..., memo=True)``, bounded by :data:`MEMO_BYTES`); the
+subjects' own images are never kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 VIEWS_VERSION = "views-v1"
+MEMO_BYTES = 64 * 2**20  # the view memo's budget: PNG bytes plus pixels of the views it keeps
+
+
+class View(bytes):
+    """One view's canonical PNG bytes (compared, hashed and stored as those bytes) with the
+    RGB pixels they encode in ``pixels`` (a PIL image), so that a local handle need not
+    decode them again. Only :func:`make_views` makes them: the pixels are the image the
+    bytes were encoded from."""
+
+    pixels: Any
+
+    def __new__(cls, data: bytes, pixels: Any) -> View:
+        self = super().__new__(cls, data)
+        self.pixels = pixels
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: plain bytes
+        return bytes, (bytes(self),)
 
 
 @dataclass(frozen=True)
@@ -89,13 +118,57 @@ def _jitter(img, rng: np.random.Generator, recipe: ViewRecipe):
     return img
 
 
-def make_views(image: bytes, n: int, recipe: ViewRecipe = DEFAULT_RECIPE) -> list[bytes]:
-    """``n`` augmented views of one encoded image, each PNG-encoded; the same bytes in give
-    the same views out, on any run."""
-    from audit_lib.images import decode_rgb
+_MEMO: OrderedDict[tuple[str, int, ViewRecipe], tuple[list[View], int]] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+_memo_bytes = 0
 
+
+def make_views(image: bytes, n: int, recipe: ViewRecipe = DEFAULT_RECIPE, *, memo: bool = False) -> list[View]:
+    """``n`` augmented views of one encoded image, each PNG-encoded (a :class:`View`); the
+    same bytes in give the same views out, on any run. ``memo``: keep them in the process's
+    view memo and answer from it next time (for images many tasks ask for: a model's
+    reference non-members; never a subject's own images)."""
     if n < 2:
         raise ValueError(f"views: n = {n}; at least 2 views are needed for a pairwise similarity")
+    if not memo:
+        return _make_views(image, n, recipe)
+    key = (hashlib.sha256(image).hexdigest(), n, recipe)
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+        if hit is not None:
+            _MEMO.move_to_end(key)
+            return list(hit[0])
+    views = _make_views(image, n, recipe)
+    _memo_put(key, views)
+    return list(views)
+
+
+def _memo_put(key: tuple[str, int, ViewRecipe], views: list[View]) -> None:
+    global _memo_bytes
+    size = sum(len(v) + v.pixels.width * v.pixels.height * len(v.pixels.getbands()) for v in views)
+    if size > MEMO_BYTES // 4:
+        return  # a big image's views would push out everything else
+    with _MEMO_LOCK:
+        if key in _MEMO:
+            return
+        _MEMO[key] = (views, size)
+        _memo_bytes += size
+        while _memo_bytes > MEMO_BYTES:
+            _, (_, freed) = _MEMO.popitem(last=False)
+            _memo_bytes -= freed
+
+
+def clear_view_memo() -> None:
+    """Forget every memoised view (an erasure clears the process memos)."""
+    global _memo_bytes
+    with _MEMO_LOCK:
+        _MEMO.clear()
+        _memo_bytes = 0
+
+
+def _make_views(image: bytes, n: int, recipe: ViewRecipe) -> list[View]:
+    from audit_lib.images import decode_rgb
+
     base = decode_rgb(image)
     w, h = base.size
     out_size = (recipe.size, recipe.size) if recipe.size else (w, h)
@@ -114,5 +187,5 @@ def make_views(image: bytes, n: int, recipe: ViewRecipe = DEFAULT_RECIPE) -> lis
             view = view.convert("L").convert("RGB")
         buf = io.BytesIO()
         view.save(buf, "PNG", optimize=False, compress_level=6)
-        views.append(buf.getvalue())
+        views.append(View(buf.getvalue(), view))
     return views

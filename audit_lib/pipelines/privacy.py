@@ -9,6 +9,9 @@ handle and stores it with ``store_finding`` (idempotent per run, method, target 
 version), so a retried task recomputes from the query cache and writes nothing new. The
 handles skip cached repeats already recorded in the run's chain (``skip_recorded_repeats``:
 EncoderMI's reference views, asked for by every pair, are recorded once per run and process).
+The pairs of one chunk share what does not change between them (:class:`ChunkModels`): a
+checkpoint's handle, opened and version-checked once, the model's reference non-members
+and capabilities; the reference non-members' views come from the process's view memo.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def calibrate_version(version: dict[str, Any], run_key: str, params: dict[str, A
     refs = load_reference_nonmembers(version["model_id"], db_url=db_url)
     handle = open_model_handle(version["model_id"], run_key, db_url=db_url)
     handle.skip_recorded_repeats = True
-    views = [v for img in refs for v in make_views(img, int(p["n_views"]))]
+    views = [v for img in refs for v in make_views(img, int(p["n_views"]), memo=True)]
     handle.encode_images(views, kind="view")
     out["n_null_inputs"] = len(refs)
     log.info("model %s version %s: calibrated the membership null on %d reference non-members "
@@ -133,12 +136,46 @@ def run_chunk(method: str, chunk: Sequence[dict[str, int]], run_key: str, params
     from audit_lib.method_registry import get
 
     spec = get(method, "privacy")
+    shared = ChunkModels(run_key, db_url)
     out = []
     for k, pair in enumerate(chunk, start=1):
         log.info("%s %d/%d: subject %s on model %s", spec.name, k, len(chunk), pair["subject_id"],
                  pair["model_id"])
-        out.append(subject_pair(spec.name, pair, run_key, params, db_url=db_url))
+        out.append(subject_pair(spec.name, pair, run_key, params, db_url=db_url, shared=shared))
     return out
+
+
+class ChunkModels:
+    """What the pairs of one chunk share per model, read once: the reference non-members,
+    the capabilities and, for a checkpoint, the handle (opened and checked against the
+    run's version once: its version is the hash of the weights in memory, which cannot
+    change under it). An API's handle is opened per pair, so each pair's canaries check
+    the version that answers it."""
+
+    def __init__(self, run_key: str, db_url: str | None) -> None:
+        self.run_key, self.db_url = run_key, db_url
+        self._refs: dict[int, list[bytes]] = {}
+        self._caps: dict[int, list[str]] = {}
+        self._handles: dict[int, RecordingHandle] = {}
+
+    def references(self, model_id: int) -> list[bytes]:
+        if model_id not in self._refs:
+            self._refs[model_id] = load_reference_nonmembers(model_id, db_url=self.db_url)
+        return self._refs[model_id]
+
+    def capabilities(self, model_id: int) -> list[str]:
+        if model_id not in self._caps:
+            self._caps[model_id] = _capabilities(model_id, self.db_url)
+        return self._caps[model_id]
+
+    def handle(self, pair: dict[str, int]) -> RecordingHandle:
+        model_id = int(pair["model_id"])
+        handle = self._handles.get(model_id)
+        if handle is None or int(handle.model_version_id) != int(pair["model_version_id"]):
+            handle = _checked_handle(pair, self.run_key, self.db_url)
+            if getattr(getattr(handle, "inner", None), "version_method", "weights") == "weights":
+                self._handles[model_id] = handle
+        return handle
 
 
 @contextmanager
@@ -158,13 +195,14 @@ def inputs_fail_fast() -> Iterator[None]:
 
 
 def subject_pair(method: str, pair: dict[str, int], run_key: str, params: dict[str, Any] | None = None,
-                 *, db_url: str | None = None) -> dict[str, Any]:
+                 *, db_url: str | None = None, shared: ChunkModels | None = None) -> dict[str, Any]:
     """One registered privacy method for one subject on one model; stores the finding.
 
     The method's spec says which of the subject's images it tests and whether it needs the
     model's reference non-members; its ``check`` hook runs before the model is opened (a
     refusal leaves no evidence), its ``task`` hook computes the finding through the model's
-    evidence-recording handle."""
+    evidence-recording handle. ``shared``: what the chunk's pairs of a model share
+    (:class:`ChunkModels`; default: read and opened for this pair alone)."""
     from audit_lib.method_registry import SubjectInputs, get, hook
     from audit_lib.registry import subject_image_bytes
 
@@ -178,14 +216,14 @@ def subject_pair(method: str, pair: dict[str, int], run_key: str, params: dict[s
         images = [data for _, data in subject_image_bytes(session, subject, spec.subject_images)]
         name, aliases, sex, pseudonym = subject.name, list(subject.aliases or []), subject.sex, subject.pseudonym
         model_name = session.get(AuditedModel, int(pair["model_id"])).name
-    refs = (load_reference_nonmembers(int(pair["model_id"]), db_url=db_url)
-            if spec.needs_reference_nonmembers else [])
+    shared = shared or ChunkModels(run_key, db_url)
+    refs = shared.references(int(pair["model_id"])) if spec.needs_reference_nonmembers else []
     inputs = SubjectInputs(images=images, name=name, aliases=aliases, sex=sex, pseudonym=pseudonym,
-                           capabilities=_capabilities(pair["model_id"], db_url), reference_nonmembers=refs,
+                           capabilities=shared.capabilities(int(pair["model_id"])), reference_nonmembers=refs,
                            params=p)
     check = hook(spec, "check")
     prepared = check(inputs) if check else None
-    handle = _checked_handle(pair, run_key, db_url)
+    handle = shared.handle(pair)
     since = query_counts(handle)
     result = annotate(task(handle, inputs, prepared), handle, since)
     if result.details.get("holm_warning"):
