@@ -77,31 +77,6 @@ def _set_manifest_bytes(inputs: Sequence[str], responses: Sequence[str]) -> byte
     return b"".join(bytes.fromhex(h) for h in inputs) + b"".join(bytes.fromhex(r) for r in responses)
 
 
-TEXT_SET_HASH_MEMO = 4  # text-set tuples whose hash lists are known by identity
-_SET_HASHES: OrderedDict[int, tuple[tuple[str, ...], tuple[str, ...]]] = OrderedDict()
-_SET_HASH_LOCK = threading.Lock()
-
-
-def text_set_hashes(texts: Sequence[str]) -> tuple[str, ...]:
-    """The prompts' sha256 digests (:func:`~audit_lib.encoders.text_set_memo.text_hashes`);
-    a tuple seen before (the same object: IDIA's ``decoy_prompts``) is known by identity,
-    without hashing its texts again. A tuple cannot change, and the memo holds it, so its
-    id is not reused while remembered."""
-    if isinstance(texts, tuple):
-        with _SET_HASH_LOCK:
-            hit = _SET_HASHES.get(id(texts))
-            if hit is not None and hit[0] is texts:
-                _SET_HASHES.move_to_end(id(texts))
-                return hit[1]
-    out = text_hashes(texts)
-    if isinstance(texts, tuple):
-        with _SET_HASH_LOCK:
-            _SET_HASHES[id(texts)] = (texts, out)
-            while len(_SET_HASHES) > TEXT_SET_HASH_MEMO:
-                _SET_HASHES.popitem(last=False)
-    return out
-
-
 def read_text_set(session: Any, model_version: str, set_sha256: str) -> list[tuple[str, str]]:
     """Expand a ``text-set`` evidence item from the store: the ordered (prompt sha256,
     response sha256) pairs it commits to. Checks that the manifest row's input hashes give
@@ -245,7 +220,7 @@ class StoreBackedHandle(WrappingHandle):
         counts as a hit or a miss, as through :meth:`encode_texts`."""
         if "text" not in self.capabilities:
             raise NotApplicable("this model has no text embeddings")
-        hashes = list(text_set_hashes(texts))
+        hashes = list(text_hashes(texts))
         texts = list(texts)
         n = len(texts)
         if n == 0:
@@ -538,8 +513,6 @@ def delete_cached_inputs(session: Any, input_hashes: Sequence[str], kinds: Seque
         deleted += session.execute(delete(QueryCacheEntry).where(
             QueryCacheEntry.input_sha256.in_(chunk), QueryCacheEntry.kind.in_(list(kinds)))).rowcount or 0
     clear_text_set_memo()
-    with _SET_HASH_LOCK:
-        _SET_HASHES.clear()
     from audit_lib.methods.views import clear_view_memo
 
     clear_view_memo()

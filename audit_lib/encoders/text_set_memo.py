@@ -19,14 +19,34 @@ import numpy as np
 
 SET_MEMO_ENTRIES = 4  # text sets kept in memory per process (IDIA: ~21 MB each at d = 256)
 
-_SET_LOCK = threading.Lock()  # guards the two memos below
+_SET_LOCK = threading.Lock()  # guards the memos below
 _DIGESTS: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+# The same tuple object seen again (IDIA's ``decoy_prompts`` hands out one per name list):
+# id -> (the tuple, its digests). The memo holds the tuple, so its id is not reused meanwhile.
+_BY_IDENTITY: OrderedDict[int, tuple[tuple[str, ...], tuple[str, ...]]] = OrderedDict()
 
 
 def text_hashes(texts: Sequence[str]) -> tuple[str, ...]:
     """The sha256 hex digests of texts (UTF-8), in order. The lists of the last few text
     sets are remembered (keyed by one sha256 over the length-prefixed texts), so a
-    process that audits many subjects with the same decoy prompts hashes them once."""
+    process that audits many subjects with the same decoy prompts hashes them once; a tuple
+    seen before is known by identity, without reading its texts at all."""
+    if isinstance(texts, tuple):
+        with _SET_LOCK:
+            known = _BY_IDENTITY.get(id(texts))
+            if known is not None and known[0] is texts:
+                _BY_IDENTITY.move_to_end(id(texts))
+                return known[1]
+    out = _content_hashes(texts)
+    if isinstance(texts, tuple):
+        with _SET_LOCK:
+            _BY_IDENTITY[id(texts)] = (texts, out)
+            while len(_BY_IDENTITY) > SET_MEMO_ENTRIES:
+                _BY_IDENTITY.popitem(last=False)
+    return out
+
+
+def _content_hashes(texts: Sequence[str]) -> tuple[str, ...]:
     whole = hashlib.sha256()
     for t in texts:
         b = str(t).encode("utf-8")
@@ -80,3 +100,4 @@ def clear_text_set_memo() -> None:
     with _SET_LOCK:
         _SET_MEMO.clear()
         _DIGESTS.clear()
+        _BY_IDENTITY.clear()

@@ -132,7 +132,7 @@ _DECOY_LOCK = threading.Lock()
 def decoy_prompts(names: Sequence[str]) -> tuple[str, ...]:
     """:func:`prompt_texts` of the decoy names as a tuple: the same tuple object for the
     same names (the last few lists are kept), so a store-backed handle that hashed this set
-    once knows it again by identity (``encoders.cache.text_set_hashes``) instead of
+    once knows it again by identity (``encoders.text_set_memo.text_hashes``) instead of
     re-hashing ~21,000 prompts for every subject."""
     key = tuple(names)
     with _DECOY_LOCK:
@@ -227,9 +227,10 @@ def _digest(obj) -> str:
 def decoy_set_sha256(decoy_texts: Sequence[str]) -> str:
     """The digest of the decoy prompts as a set evidence item commits to it: sha256 of the
     ordered prompts' sha256 hex digests joined by newlines (``member_set_sha256``)."""
-    from audit_lib.encoders.cache import member_set_sha256, text_set_hashes
+    from audit_lib.encoders.cache import member_set_sha256
+    from audit_lib.encoders.text_set_memo import text_hashes
 
-    return member_set_sha256(text_set_hashes(decoy_texts))
+    return member_set_sha256(text_hashes(decoy_texts))
 
 
 def _encode_decoys(handle: EncoderHandle, decoy_texts: Sequence[str]) -> np.ndarray:
