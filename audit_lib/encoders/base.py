@@ -68,6 +68,7 @@ class RecordingHandle(EncoderHandle, TextSetHandle, QueryCounts, Protocol):
 
     model_version_id: int  # the store's id of the checked version (findings attach to it)
     skip_recorded_repeats: bool  # True: cached repeats already recorded in this run add no row
+    versioned_by_canaries: bool  # True: an API, whose version is read from its canary answers
 
 
 class WrappingHandle:

@@ -285,10 +285,17 @@ class StoreBackedHandle(WrappingHandle):
                 self._append(s, run, SET_KIND, [set_sha], [resp_sha], [not fresh], total_ms, when)
 
     # --- version ------------------------------------------------------------------------
+    @property
+    def versioned_by_canaries(self) -> bool:
+        """True when the model's version is read from its answers to the canary images (an
+        API: it may change between two calls); False when it is the hash of the weights this
+        handle holds (fixed for the handle's life)."""
+        return getattr(self.inner, "version_method", "weights") == "canary"
+
     def _resolve_version(self) -> None:
         from audit_lib.store.db import session_scope
 
-        if getattr(self.inner, "version_method", "weights") == "canary":
+        if self.versioned_by_canaries:
             from audit_lib.encoders.version import (DEFAULT_TOLERANCE, canary_images,
                                                     resolve_canary_version)
 

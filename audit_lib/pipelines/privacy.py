@@ -173,7 +173,7 @@ class ChunkModels:
         handle = self._handles.get(model_id)
         if handle is None or int(handle.model_version_id) != int(pair["model_version_id"]):
             handle = _checked_handle(pair, self.run_key, self.db_url)
-            if getattr(getattr(handle, "inner", None), "version_method", "weights") == "weights":
+            if not handle.versioned_by_canaries:
                 self._handles[model_id] = handle
         return handle
 
