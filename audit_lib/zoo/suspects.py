@@ -425,7 +425,6 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
 
     from audit_lib.encoders.loading import file_sha256
 
-    manifest_path = root / "manifest.json"
     tmp = root.with_name(root.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
 
@@ -538,8 +537,6 @@ def _build(owned_architecture: str, owned_weights: Path, owned_sha: str, indepen
         "weights_sha256": {r.name: file_sha256(tmp / r.weights) for r in records},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    if root.exists():  # another process finished first
-        return SuspectZoo(root, json.loads(manifest_path.read_text()))
     tmp.rename(root)
     return SuspectZoo(root, manifest)
 
