@@ -127,30 +127,35 @@ def _copied_from_sibling(entry_dir: Path, chash: str) -> dict[str, Any] | None:
     for sibling in sorted(entry_dir.parent.parent.glob(f"*/{entry_dir.name}")):
         if sibling == entry_dir or _cached(sibling, chash) is None:
             continue
-        tmp = entry_dir.with_name(entry_dir.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(sibling, tmp)
-        shutil.rmtree(entry_dir, ignore_errors=True)
-        tmp.rename(entry_dir)
+        with _replacing(entry_dir) as tmp:
+            shutil.copytree(sibling, tmp, dirs_exist_ok=True)
         log.info("zoo entry %s: copied from profile %s", entry_dir.name, sibling.parent.name)
         return _cached(entry_dir, chash)
     return None
+
+
+@contextmanager
+def _replacing(entry_dir: Path) -> Iterator[Path]:
+    """A fresh ``entry_dir``: filled aside in ``ENTRY.part`` by the caller, then renamed
+    over it, so a reader never sees a half-written entry."""
+    tmp = entry_dir.with_name(entry_dir.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(entry_dir, ignore_errors=True)
+    tmp.rename(entry_dir)
 
 
 def _store(entry_dir: Path, module: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """Save weights and meta into a fresh ``entry_dir`` (built aside, then renamed)."""
     from audit_lib.zoo.train import save_checkpoint
 
-    tmp = entry_dir.with_name(entry_dir.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # One metadata key only: safetensors writes its metadata map in hash order, so two keys
-    # could be written in either order and change the file's sha256 between runs.
-    meta["sha256"] = save_checkpoint(module, tmp / "weights.safetensors", {"zoo": json.dumps(
-        {"architecture": meta["architecture"], "config_hash": meta["config_hash"]}, sort_keys=True)})
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(entry_dir, ignore_errors=True)
-    tmp.rename(entry_dir)
+    with _replacing(entry_dir) as tmp:
+        # One metadata key only: safetensors writes its metadata map in hash order, so two keys
+        # could be written in either order and change the file's sha256 between runs.
+        meta["sha256"] = save_checkpoint(module, tmp / "weights.safetensors", {"zoo": json.dumps(
+            {"architecture": meta["architecture"], "config_hash": meta["config_hash"]}, sort_keys=True)})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 

@@ -130,9 +130,9 @@ def _full() -> Profile:
 
 def _demo() -> Profile:
     ci = _ci()
-    entries = tuple(e for e in ci.image_entries if e.role != "membership-shadow")
-    independents = [e for e in entries if e.role == "independent"][3:]
-    return replace(ci, name="demo", image_entries=tuple(e for e in entries if e not in independents))
+    target = [e for e in ci.image_entries if e.role == "membership-target"]
+    independents = [e for e in ci.image_entries if e.role == "independent"][:3]
+    return replace(ci, name="demo", image_entries=(*target, *independents))
 
 
 def _smoke() -> Profile:
