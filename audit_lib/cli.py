@@ -40,13 +40,9 @@ def db_upgrade() -> None:
 
     upgrade()
     url = get_settings().resolved_database_url
-    typer.echo(f"evidence store at {_redact(url)} is up to date")
+    from audit_lib.store.db import redacted_url
 
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    typer.echo(f"evidence store at {redacted_url(url)} is up to date")
 
 
 @subjects_app.command("add")

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from audit_lib.config import PROJECT_ROOT, get_settings
 
@@ -58,20 +58,15 @@ def cache_lock(name: str) -> Iterator[None]:
 
 
 def _pg_create(name: str) -> str:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    from audit_lib.store.db import create_database
+
+    return create_database(PG_ADMIN_URL, name)
 
 
 def _pg_drop(name: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    from audit_lib.store.db import drop_database
+
+    drop_database(PG_ADMIN_URL, name)
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +78,6 @@ def pg_database_url():
     url = _pg_create(name)
     upgrade(url)
     yield url
-    from audit_lib.store.db import get_engine
-
-    get_engine(url).dispose()
     _pg_drop(name)
 
 

@@ -312,14 +312,14 @@ def _db_bytes(url: str) -> int:
     database's ``pg_database_size``."""
     from sqlalchemy import text
 
-    from audit_lib.store.db import get_engine
+    from audit_lib.store.db import checkpoint_sqlite, get_engine
 
     engine = get_engine(url)
+    if engine.dialect.name == "sqlite":
+        checkpoint_sqlite(url)
+        path = Path(url.removeprefix("sqlite:///"))
+        return sum(f.stat().st_size for f in (path, Path(f"{path}-wal")) if f.exists())
     with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-            path = Path(url.removeprefix("sqlite:///"))
-            return sum(f.stat().st_size for f in (path, Path(f"{path}-wal")) if f.exists())
         return int(conn.scalar(text("SELECT pg_database_size(current_database())")))
 
 
@@ -332,32 +332,19 @@ def bench_database(server_url: str, folder: Path) -> Iterator[str]:
     if not server_url:
         yield f"sqlite:///{folder / 'evidence.sqlite'}"
         return
-    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    server = make_url(server_url)
-    if server.get_backend_name() != "postgresql":
-        raise ValueError(f"--database-url {server.render_as_string(hide_password=True)}: expected a "
+    from audit_lib.store.db import create_database, drop_database, redacted_url
+
+    if make_url(server_url).get_backend_name() != "postgresql":
+        raise ValueError(f"--database-url {redacted_url(server_url)}: expected a "
                          "PostgreSQL server's URL (postgresql+psycopg2://user@host:port/postgres)")
     name = f"encoder_audit_bench_{os.getpid()}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    url = create_database(server_url, name)
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = server.set(database=name).render_as_string(hide_password=False)
-        try:
-            yield url
-        finally:
-            from audit_lib.store.db import get_engine
-
-            get_engine(url).dispose()
-            with admin.connect() as conn:
-                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        yield url
     finally:
-        admin.dispose()
+        drop_database(server_url, name)
 
 
 def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
@@ -428,9 +415,10 @@ def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) ->
 
     from sqlalchemy.engine import make_url
 
+    from audit_lib.store.db import redacted_url
+
     return PipelineBenchResult(
-        config={**asdict(cfg), "database_url": make_url(cfg.database_url).render_as_string(hide_password=True)
-                if cfg.database_url else ""},
+        config={**asdict(cfg), "database_url": redacted_url(cfg.database_url) if cfg.database_url else ""},
         subjects=n_subjects, models=n_models,
         pairs={"identity_tasks": pairs["identity"], "membership_tasks": pairs["membership"]},
         task_instances=len(tis), state=str(dr.state), wall_s=round(wall, 2),
@@ -439,7 +427,7 @@ def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) ->
         shares={k: round(v, 4) for k, v in shares.items()},
         machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                  "load_avg": [round(x, 2) for x in os.getloadavg()]},
-        database=make_url(url).get_backend_name(), store=make_url(url).render_as_string(hide_password=True),
+        database=make_url(url).get_backend_name(), store=redacted_url(url),
         n_pairs=n_pairs, pairs_per_s=round(n_pairs / wall, 2),
         per_pair_ms={"wall": round(wall * per, 1), "non_model": round((wall - tm.get("model", 0.0)) * per, 1),
                      "non_forward": round((wall - tm.get("forward", 0.0)) * per, 1)},

@@ -71,6 +71,49 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+def redacted_url(url: str) -> str:
+    """A database URL fit for logs and output: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """An empty PostgreSQL database ``name`` on the server of ``server_url`` (any database's
+    URL there; one left by an earlier run is dropped first); returns its URL. For throwaway
+    stores: benchmarks and tests."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a database :func:`create_database` made: this process's pooled connections to it
+    closed, any other session on it ended."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    get_engine(server.set(database=name).render_as_string(hide_password=False)).dispose()
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        admin.dispose()
+
+
 def checkpoint_sqlite(url: str | None = None) -> None:
     """Fold SQLite's write-ahead log into the database file and truncate it, so that content
     an erasure removed (zeroed by ``secure_delete``) survives in neither file. Nothing to do
