@@ -40,6 +40,7 @@ FAST = {"n_candidates": 50, "n_views": 4, "subject_ids": None, "model_ids": None
 # version check's canary, the calibration's canary and views, the first pair's canary; the
 # fault lands on the first pair's own request, after four answered requests.
 HEALTHY_FIRST = ["ok"] * 4
+SLOW_S = 2.0  # the "slow" fault's answer time (the client gives up after 1 s)
 HANDLES_PER_RUN = 4  # check_model_version, calibrate_null, two membership pairs
 
 
@@ -141,7 +142,7 @@ def quick_retries(airflow_dags, monkeypatch):
 def test_remote_api_fails_mid_dag_run(quick_retries, sqlite_db_url, reference_server, caplog,
                                       fault, absorbed_by, client_log):
     schedule = HEALTHY_FIRST + ([fault, fault] if fault == "500" else [fault])
-    with reference_server({KEY: {"faults": {"schedule": schedule, "slow_s": 2.0}}}) as url:
+    with reference_server({KEY: {"faults": {"schedule": schedule, "slow_s": SLOW_S}}}) as url:
         ids = _register(url)
         dr = quick_retries.test(run_conf=FAST)
         states = _run_state(dr)
@@ -157,7 +158,7 @@ def test_remote_api_fails_mid_dag_run(quick_retries, sqlite_db_url, reference_se
         first = _check_run(f"privacy_audit/{dr.run_id}", ids, status="succeeded")
 
         if fault == "slow":  # let the server finish the answer the client abandoned, so it counts before the reset
-            time.sleep(2.5)
+            time.sleep(SLOW_S + 0.5)
         url.stats.reset()
         again = quick_retries.test(run_conf=FAST)
         assert str(again.state) == "success", _run_state(again)
