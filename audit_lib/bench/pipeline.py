@@ -278,7 +278,7 @@ def symmetry(image: Any, turn: int) -> Any:
     return np.ascontiguousarray(np.rot90(out, turn % 4))
 
 
-def _counts(run_key: str) -> tuple[int, dict[str, int]]:
+def run_counts(run_key: str) -> tuple[int, dict[str, int]]:
     from sqlalchemy import func, select
 
     from audit_lib.store import session_scope
@@ -291,6 +291,14 @@ def _counts(run_key: str) -> tuple[int, dict[str, int]]:
         found = s.execute(select(Finding.method, Finding.decision, func.count()).where(Finding.run_id == run.id)
                           .group_by(Finding.method, Finding.decision)).all()
     return int(rows or 0), {f"{m}:{d}": int(n) for m, d, n in found}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPUs, Python, platform and the load averages now."""
+    import platform
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _rss_mb() -> dict[str, float]:
@@ -324,11 +332,12 @@ def _db_bytes(url: str) -> int:
 
 
 @contextmanager
-def bench_database(server_url: str, folder: Path) -> Iterator[str]:
+def bench_database(server_url: str, folder: Path, *, suffix: str = "") -> Iterator[str]:
     """The run's evidence store URL: a SQLite file in ``folder`` (``server_url`` empty), or a
-    throwaway database ``encoder_audit_bench_<pid>`` on the PostgreSQL server of
+    throwaway database ``encoder_audit_bench_<pid><suffix>`` on the PostgreSQL server of
     ``server_url`` (any database's URL there, e.g. ``.../postgres``), created empty and
-    dropped when the block ends."""
+    dropped when the block ends (``suffix`` tells a second one apart: the Celery run's
+    Airflow metadata)."""
     if not server_url:
         yield f"sqlite:///{folder / 'evidence.sqlite'}"
         return
@@ -339,7 +348,7 @@ def bench_database(server_url: str, folder: Path) -> Iterator[str]:
     if make_url(server_url).get_backend_name() != "postgresql":
         raise ValueError(f"--database-url {redacted_url(server_url)}: expected a "
                          "PostgreSQL server's URL (postgresql+psycopg2://user@host:port/postgres)")
-    name = f"encoder_audit_bench_{os.getpid()}"
+    name = f"encoder_audit_bench_{os.getpid()}{suffix}"
     url = create_database(server_url, name)
     try:
         yield url
@@ -355,22 +364,37 @@ def run_pipeline_bench(cfg: PipelineBenchConfig, out: Path | None = None,
     from audit_lib.airflow_env import fresh_embedded
 
     name = f"pipeline-{cfg.population}-{cfg.subjects}{'-pg' if cfg.database_url else ''}"
-    folder = Path(work_dir or PROJECT_ROOT / "var" / "bench" / name)
-    if work_dir is not None and folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).exists():
-        raise ValueError(f"--work-dir {folder}: not empty and not a previous benchmark's folder; "
-                         "give an empty or new folder")
+    folder = bench_folder(name, work_dir)
     fresh_embedded(folder)
     (folder / MARKER).write_text("encoder-audit bench pipeline: emptied by the next run\n")
     with bench_database(cfg.database_url, folder) as url:
         result = _run(cfg, url, progress)
+    return write_result(result, out, name)
+
+
+def bench_folder(name: str, work_dir: Path | None) -> Path:
+    """The run's folder: ``work_dir``, or ``var/bench/<name>``; ValueError when ``work_dir``
+    holds something other than a previous benchmark's files (the run empties it)."""
+    folder = Path(work_dir or PROJECT_ROOT / "var" / "bench" / name)
+    if work_dir is not None and folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).exists():
+        raise ValueError(f"--work-dir {folder}: not empty and not a previous benchmark's folder; "
+                         "give an empty or new folder")
+    return folder
+
+
+def write_result(result: Any, out: Path | None, name: str) -> Any:
+    """Write a result dataclass as JSON to ``out`` (default ``var/bench/<name>.json``)."""
     out = Path(out or PROJECT_ROOT / "var" / "bench" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(asdict(result), indent=1))
     return result
 
 
-def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) -> PipelineBenchResult:
-    from audit_lib.airflow_env import ensure_pools, load_dags, migrate_metadata
+def prepare_store(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]
+                  ) -> tuple[int, int, dict[str, dict[str, float]]]:
+    """Point this process at the evidence store ``url``, build (or reuse) the zoo, migrate
+    the store and register the population (see the module doc). Returns (S, M, resident
+    memory after the zoo and after registration)."""
     from audit_lib.config import get_settings
 
     os.environ["AUDIT_DATABASE_URL"] = url
@@ -384,10 +408,22 @@ def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) ->
     progress(f"registering {cfg.subjects} {cfg.population} subjects")
     n_subjects, n_models = _register(cfg, manifest)
     memory["after_registration"] = _rss_mb()
+    return n_subjects, n_models, memory
+
+
+def audit_conf(cfg: PipelineBenchConfig) -> dict[str, int]:
+    """The ``privacy_audit`` run's params."""
+    return {"n_candidates": cfg.n_candidates, "n_views": cfg.n_views, "pairs_per_task": cfg.pairs_per_task}
+
+
+def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) -> PipelineBenchResult:
+    from audit_lib.airflow_env import ensure_pools, load_dags, migrate_metadata
+
+    n_subjects, n_models, memory = prepare_store(cfg, url, progress)
     migrate_metadata()
     ensure_pools()
     dag = load_dags()["privacy_audit"]
-    conf = {"n_candidates": cfg.n_candidates, "n_views": cfg.n_views, "pairs_per_task": cfg.pairs_per_task}
+    conf = audit_conf(cfg)
     size_before = _db_bytes(url)
     progress(f"privacy_audit on {n_subjects} subjects x {n_models} models ({conf})")
     with instrumented() as timers:
@@ -399,7 +435,7 @@ def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) ->
     tis = list(dr.get_task_instances())
     pairs = {"identity": sum(1 for t in tis if t.task_id == "identity_inference"),
              "membership": sum(1 for t in tis if t.task_id == "membership_inference")}
-    evidence_rows, findings = _counts(f"privacy_audit/{dr.run_id}")
+    evidence_rows, findings = run_counts(f"privacy_audit/{dr.run_id}")
     n_pairs = sum(findings.values())
     queries = sum(int(h.misses) for h in timers.handles)
     hits = sum(int(h.hits) for h in timers.handles)
@@ -411,8 +447,6 @@ def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) ->
               "db": db / wall, "airflow": airflow / wall, "overhead": (airflow + db) / wall}
     shares["method_compute"] = max(0.0, 1 - shares["model"] - shares["overhead"])
     per = 1000 / max(n_pairs, 1)
-    import platform
-
     from sqlalchemy.engine import make_url
 
     from audit_lib.store.db import redacted_url
@@ -425,8 +459,7 @@ def _run(cfg: PipelineBenchConfig, url: str, progress: Callable[[str], None]) ->
         timers_s={**{k: round(v, 2) for k, v in tm.items()}, "db": round(db, 2), "airflow": round(airflow, 2)},
         queries=queries, cache_hits=hits, findings=findings, evidence_rows=evidence_rows,
         shares={k: round(v, 4) for k, v in shares.items()},
-        machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                 "load_avg": [round(x, 2) for x in os.getloadavg()]},
+        machine=machine_info(),
         database=make_url(url).get_backend_name(), store=redacted_url(url),
         n_pairs=n_pairs, pairs_per_s=round(n_pairs / wall, 2),
         per_pair_ms={"wall": round(wall * per, 1), "non_model": round((wall - tm.get("model", 0.0)) * per, 1),
