@@ -17,11 +17,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from audit_lib.airflow_env import embedded_env
 from audit_lib.server.testing import free_port
+
+if TYPE_CHECKING:
+    import httpx
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +179,48 @@ class LocalDeployment:
                        timeout=30)
         r.raise_for_status()
         return r.json()["access_token"]
+
+    def client(self) -> httpx.Client:
+        """An httpx client for the REST API, signed in as the admin."""
+        import httpx
+
+        return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30)
+
+    def wait_for_dags(self, client: httpx.Client, dag_ids: list[str], timeout: float = 180) -> None:
+        """Wait until the dag-processor has registered ``dag_ids``."""
+        def registered() -> bool:
+            r = client.get("/api/v2/dags", params={"limit": 100})
+            return r.status_code == 200 and {d["dag_id"] for d in r.json()["dags"]} >= set(dag_ids)
+
+        self.poll(registered, timeout, f"the dag-processor to register {', '.join(dag_ids)}", every=2)
+
+    def trigger(self, client: httpx.Client, dag_id: str, conf: dict) -> str:
+        """Unpause ``dag_id`` and start a run of it with ``conf``; returns the run id."""
+        r = client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        r.raise_for_status()
+        r = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        r.raise_for_status()
+        return r.json()["dag_run_id"]
+
+    def wait_for_run(self, client: httpx.Client, dag_id: str, run_id: str, timeout: float) -> str:
+        """Wait until a DAG run succeeds or fails; returns its state."""
+        def ended() -> str | None:
+            r = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            r.raise_for_status()
+            return r.json()["state"] if r.json()["state"] in ("success", "failed") else None
+
+        return self.poll(ended, timeout, f"{dag_id} run {run_id} to end")
+
+    def poll(self, done: Callable[[], T | None], timeout: float, what: str, every: float = 1.0) -> T:
+        """Call ``done`` every ``every`` seconds until it returns something true, and return
+        that; RuntimeError when a component exits meanwhile, TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if value := done():
+                return value
+            time.sleep(every)
+        raise TimeoutError(f"waited {timeout:.0f} s for {what}")
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM each component's process group, wait up to ``timeout``, then SIGKILL."""
