@@ -153,3 +153,69 @@ def test_synthetic_claimed_images_stay_distinct_beyond_the_public_split():
     assert len({v.tobytes() for v in variants}) == 8
     with pytest.raises(ValueError):
         symmetry(image, 8)
+
+
+# --- the Celery run (``--executor celery --workers N``): its accounting and its option checks.
+# The run itself starts a whole deployment (minutes on 2 cores); its numbers are in the README.
+
+def _ti(task_id: str, map_index: int, hostname: str, queue: str = "gpu", try_number: int = 1,
+        duration: float | None = 2.0):
+    from audit_lib.bench.celery import TaskRow
+
+    return TaskRow(task_id, map_index, "success" if hostname else "skipped", hostname, queue, try_number, duration)
+
+
+def test_celery_accounting_counts_tasks_per_worker_and_finds_duplicates():
+    from audit_lib.bench.celery import account
+
+    tasks = [_ti("registry_snapshot", -1, "worker-cpu", "default", duration=1.0),
+             _ti("membership_inference", 0, "worker-gpu-1"), _ti("membership_inference", 1, "worker-gpu-2"),
+             _ti("membership_inference", 2, "worker-gpu-1", duration=3.5),
+             _ti("mark_run_failed", -1, "", "default", try_number=0, duration=None)]  # never ran
+    keys = [("encoder_mi", 1, 10), ("encoder_mi", 2, 10), ("idia", 1, 11)]
+    acc = account(tasks, keys)
+    assert acc["per_worker"] == {"worker-cpu": {"tasks": 1, "model_tasks": 0, "busy_s": 1.0},
+                                 "worker-gpu-1": {"tasks": 2, "model_tasks": 2, "busy_s": 5.5},
+                                 "worker-gpu-2": {"tasks": 1, "model_tasks": 1, "busy_s": 2.0}}
+    assert acc["repeated_findings"] == [] and acc["reruns"] == []
+
+    twice = account([*tasks[:3], _ti("membership_inference", 2, "worker-gpu-2", try_number=2)],
+                    [*keys, ("encoder_mi", 2, 10)])
+    assert twice["repeated_findings"] == [["encoder_mi", 2, 10, 2]]
+    assert twice["reruns"] == [["membership_inference", 2, 2]]
+    assert twice["per_worker"]["worker-gpu-2"]["tasks"] == 2
+
+
+def test_celery_run_is_compared_with_the_one_worker_run_of_the_same_configuration(tmp_path):
+    from audit_lib.bench.celery import compare_baseline
+
+    config = {"subjects": 40, "pairs_per_task": 10}
+    base = tmp_path / "w1.json"
+    base.write_text(json.dumps({"workers": 1, "config": config, "queries": 100, "n_pairs": 160}))
+    assert compare_baseline(config, 100, 160, base) == {
+        "path": str(base), "queries": 100, "queries_equal": True, "n_pairs": 160, "pairs_equal": True}
+    more = compare_baseline(config, 121, 160, base)
+    assert more["queries_equal"] is False and more["pairs_equal"] is True
+    assert compare_baseline({**config, "pairs_per_task": 1}, 100, 160, base) == {}  # another configuration
+    assert compare_baseline(config, 100, 160, tmp_path / "missing.json") == {}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--executor", "spark"], "--executor 'spark'"),
+    (["--workers", "2"], "are for --executor celery"),
+    (["--executor", "celery"], "needs --database-url"),
+    (["--executor", "celery", "--database-url", "sqlite:///x.sqlite"], "needs a PostgreSQL server"),
+    (["--executor", "celery", "--workers", "0", "--database-url", PG_ADMIN_URL], "--workers 0"),
+    (["--executor", "celery", "--database-url", PG_ADMIN_URL, "--broker-url", "amqp://127.0.0.1"], "--broker-url"),
+])
+def test_bench_pipeline_refuses_bad_celery_options_in_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from audit_lib.cli import app
+
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(app, ["bench", "pipeline", *args, "--work-dir", str(tmp_path / "run"), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
+    assert not out.exists() and not (tmp_path / "run").exists()

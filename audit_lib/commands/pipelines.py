@@ -31,18 +31,29 @@ def bench_pipeline(
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default var/bench/pipeline-*.json)")] = None,
     work_dir: Annotated[Optional[Path], typer.Option(help=(
         "the run's folder (Airflow home, SQLite store), emptied first "
-        "(default var/bench/pipeline-<population>-<S>[-pg])"))] = None,
+        "(default var/bench/pipeline-<population>-<S>[-pg], with celery pipeline-celery-<population>-<S>-w<N>)"))] = None,
+    executor: Annotated[str, typer.Option(help=(
+        "dag-test (tasks in this process) or celery (a local deployment: api-server, scheduler, "
+        "dag-processor, a worker on queue default and --workers on queue gpu; needs --database-url)"))] = "dag-test",
+    workers: Annotated[Optional[int], typer.Option(help="celery: workers on queue gpu, = gpu pool slots (default 1)")] = None,
+    broker_url: Annotated[Optional[str], typer.Option(help=(
+        "celery: a Redis database of the run's own, emptied before and after it "
+        "(default redis://127.0.0.1:6379/14)"))] = None,
 ) -> None:
-    """Privacy audit of S subjects x 3 zoo models with dag.test(): wall time, pairs per
+    """Privacy audit of S subjects x 3 zoo models. With dag.test(): wall time, pairs per
     second, queries, cache hits, the share of wall time in model work vs Airflow / database
-    overhead, peak memory and the evidence store's size per 1,000 pairs."""
+    overhead, peak memory and the evidence store's size per 1,000 pairs. With --executor
+    celery: wall time, pairs per second, task instances per worker and the duplicate checks."""
     import logging
 
-    from audit_lib.bench.pipeline import PipelineBenchConfig, format_result, run_pipeline_bench
+    from audit_lib.bench.pipeline import PipelineBenchConfig
 
     if population not in ("zoo", "synthetic"):
-        typer.secho(f"error: --population {population!r}: expected zoo or synthetic", err=True, fg="red")
-        raise typer.Exit(2)
+        fail(f"--population {population!r}: expected zoo or synthetic")
+    if executor not in ("dag-test", "celery"):
+        fail(f"--executor {executor!r}: expected dag-test or celery")
+    if executor == "dag-test" and (workers is not None or broker_url is not None):
+        fail("--workers and --broker-url are for --executor celery")
     from audit_lib.cli_errors import check_output
 
     check_output(out, folder=False, option="--out")
@@ -51,11 +62,25 @@ def bench_pipeline(
     cfg = PipelineBenchConfig(subjects=subjects, population=population, claimed=claimed, n_candidates=n_candidates,
                               n_views=n_views, pairs_per_task=pairs_per_task, profile=profile,
                               database_url=database_url or "")
+    if executor == "celery":
+        from audit_lib.bench import celery
+
+        try:
+            result = celery.run_celery_bench(cfg, 1 if workers is None else workers, out, progress=typer.echo,
+                                             work_dir=work_dir, broker_url=broker_url or celery.DEFAULT_BROKER)
+        except ValueError as exc:
+            fail(str(exc))
+        for line in celery.format_result(result):
+            typer.echo(line)
+        if not celery.succeeded(result):
+            raise typer.Exit(1)
+        return
+    from audit_lib.bench.pipeline import format_result, run_pipeline_bench
+
     try:
         result = run_pipeline_bench(cfg, out, progress=typer.echo, work_dir=work_dir)
     except ValueError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     for line in format_result(result):
         typer.echo(line)
     if result.state != "success":
