@@ -12,6 +12,15 @@ On PostgreSQL the application's role may only INSERT them (grants); the owner ro
 Each finding's canonical record is also hashed into its run's chain when stored
 (``finding_hash``), so a change made past the database (a superuser disabling triggers) is
 detected by ``encoder-audit report verify``.
+
+Lock order (PostgreSQL), the same in every transaction that writes evidence, so concurrent
+tasks of one run wait for one another instead of deadlocking: first any ``query_cache``
+rows (sorted by key, :mod:`audit_lib.encoders.cache`), then the run's ``audit_runs`` row
+(:func:`lock_run`, ``FOR UPDATE``), and only then rows that reference the run (findings,
+evidence items). Inserting such a row takes a ``KEY SHARE`` lock on the run's row through
+its foreign key; two transactions that each held one and then asked for ``FOR UPDATE``
+would wait for each other, which is why :func:`store_finding` locks the run before it
+inserts the finding.
 """
 
 from __future__ import annotations
@@ -169,10 +178,17 @@ class EvidenceRow:
     requested_at: datetime | None = None
 
 
+def lock_run(session: Session, run: AuditRun) -> None:
+    """Lock the run's row until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite
+    has one writer at a time): concurrent tasks of one run append to its chain in turn.
+    Take it before inserting any row that references the run (see the module doc)."""
+    session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
+
+
 def _chain_tip(session: Session, run: AuditRun) -> tuple[int, str]:
     """(last seq, last row hash) of the run's chain, with the run row locked (PostgreSQL)
     so that concurrent tasks of one run append in a single order."""
-    session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
+    lock_run(session, run)
     last = session.execute(select(EvidenceItem.seq, EvidenceItem.row_hash)
                            .where(EvidenceItem.run_id == run.id)
                            .order_by(EvidenceItem.seq.desc()).limit(1)).first()
@@ -256,7 +272,9 @@ def store_finding(session: Session, run: AuditRun, result: FindingResult, *, tar
                   model_version_id: int, subject_id: int | None = None) -> tuple[Finding, bool]:
     """Store a finding once per (run, method, target, model version): a retried task gets
     the existing row back (``created`` False) and writes nothing. A new finding is also
-    appended to the evidence chain (kind ``finding``, its canonical JSON hashed)."""
+    appended to the evidence chain (kind ``finding``, its canonical JSON hashed). The run's
+    row is locked first, before the finding's insert (the module doc's lock order)."""
+    lock_run(session, run)
     existing = session.scalar(select(Finding).where(
         Finding.run_id == run.id, Finding.method == result.method,
         Finding.target_key == target_key, Finding.model_version_id == model_version_id))

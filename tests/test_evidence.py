@@ -177,3 +177,70 @@ def test_the_application_role_may_insert_but_never_rewrite_evidence(pg_database_
     with session_scope(db_url) as s:
         run = s.get(AuditRun, run_id)
         assert run.status == "succeeded" and evidence.verify_chain(s, run).ok
+
+
+class _TinyModel:
+    """A model without weights for the store's sake: a 4-number answer per image's bytes."""
+
+    capabilities = frozenset({"image"})
+    embedding_dim = 4
+    model_version = "cd" * 32
+
+    def encode_images(self, images, *, kind: str = "image"):
+        import numpy as np
+
+        return np.array([[len(b), b[-1] + 1, 1.0, 2.0] for b in images], dtype=np.float32)
+
+
+def test_two_writers_of_one_run_take_turns_without_deadlock(pg_database_url, monkeypatch):
+    """Two tasks of one run on PostgreSQL, each alternating a cached query (cache rows, then
+    evidence) and a finding. Each transaction stops just before it asks for the run's row
+    lock until the other writer's transaction gets there too, so both hold whatever they
+    took before asking: with the finding inserted before the lock (its foreign key's KEY
+    SHARE on the run's row) both then wait for each other and PostgreSQL kills one as a
+    deadlock. In the lock order of ``audit_lib.evidence`` they take turns."""
+    import threading
+
+    from audit_lib.encoders.cache import StoreBackedHandle
+
+    db_url = pg_database_url
+    _clear(db_url)
+    with session_scope(db_url) as s:
+        model_id = s.get(ModelVersion, _model_version(s)).model_id
+    # both handles (and the run) exist before the writers start
+    handles = [StoreBackedHandle(_TinyModel(), db_url=db_url, model_id=model_id, run_key="together__1")
+               for _ in range(2)]
+    meet = threading.Barrier(2, timeout=10)
+    lock_run = evidence.lock_run
+
+    def meet_then_lock(session, run) -> None:
+        if not session.info.get("met"):  # the transaction's first request for the lock
+            session.info["met"] = True
+            meet.wait()
+        lock_run(session, run)
+
+    monkeypatch.setattr(evidence, "lock_run", meet_then_lock)
+    rounds, errors = 3, []
+
+    def writer(w: int) -> None:
+        try:
+            for r in range(rounds):
+                handles[w].encode_images([f"writer {w} round {r} image {i}".encode() for i in range(3)])
+                with session_scope(db_url) as s:
+                    evidence.store_finding(s, evidence.start_run(s, "together__1", "privacy"), _result(),
+                                           target_key=f"writer:{w}:{r}", model_version_id=handles[w].model_version_id)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            meet.abort()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    with session_scope(db_url) as s:
+        run = evidence.start_run(s, "together__1", "privacy")
+        check = evidence.verify_chain(s, run)
+        assert check.ok and check.length == 2 * rounds * (3 + 1)
+        assert s.scalar(select(func.count()).select_from(Finding).where(Finding.run_id == run.id)) == 2 * rounds

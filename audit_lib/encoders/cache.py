@@ -23,7 +23,9 @@
 
 Sessions are short (one per lookup, one per write) so long model calls hold no transaction.
 An answer is cached only after the inner handle returned it validated; a failing call
-leaves neither cache rows nor evidence behind.
+leaves neither cache rows nor evidence behind. A write inserts its cache rows (sorted by
+key) before it takes the run's row lock to append evidence: the lock order of
+:mod:`audit_lib.evidence`.
 """
 
 from __future__ import annotations
@@ -439,7 +441,9 @@ class StoreBackedHandle(WrappingHandle):
 
     @staticmethod
     def _insert_rows(session: Any, rows: list[dict[str, Any]]) -> None:
-        """Insert query_cache rows; a row already there (same key) is kept as it is."""
+        """Insert query_cache rows; a row already there (same key) is kept as it is. The
+        rows go in sorted by key, so two transactions inserting some of the same keys wait
+        for one another in one order instead of deadlocking."""
         dialect = session.get_bind().dialect.name
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -449,7 +453,7 @@ class StoreBackedHandle(WrappingHandle):
             raise RuntimeError(f"query cache: unsupported database {dialect}")
         stmt = insert(QueryCacheEntry).on_conflict_do_nothing(
             index_elements=["model_version", "input_sha256", "kind"])
-        session.execute(stmt, rows)
+        session.execute(stmt, sorted(rows, key=lambda r: (r["model_version"], r["input_sha256"], r["kind"])))
 
     def _append(self, session: Any, run: AuditRun, kind: str, hashes: list[str], resp: list[str],
                 cached: list[bool], latency_ms: float | list[float], when: datetime) -> None:
