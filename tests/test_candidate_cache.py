@@ -108,6 +108,60 @@ def test_second_subject_reuses_the_decoy_set_and_records_it_once(db_url, clip_mo
         assert verify_chain(s, run).ok
 
 
+def test_two_audits_that_start_together_send_the_decoy_set_once(db_url, clip_model, png_images):
+    """Two chunks of one model version on two workers reach the decoy set before either has
+    cached it (the model takes half a second over the set, long enough for the other to
+    look it up meanwhile). The set's store lock makes them take turns: the model receives
+    the set's prompts once in all, the second audit reads them from the query cache, and
+    both runs record the same set item over a verifying chain."""
+    import threading
+    import time
+
+    handles = [_open(db_url, clip_model, f"idia-together-{i}") for i in (1, 2)]
+    received: list[int] = []  # the texts the model received, per call, from either handle
+    for h in {id(h.inner): h for h in handles}.values():  # the handles may share one model
+        def counted(texts, encode=h.inner.encode_texts):  # noqa: ANN001, ANN202
+            received.append(len(texts))
+            if len(texts) > len(TEMPLATES):
+                time.sleep(0.5)
+            return encode(texts)
+
+        h.inner.encode_texts = counted
+    start = threading.Barrier(2, timeout=30)
+    found: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def audit(i: int, name: str) -> None:
+        try:
+            start.wait()
+            found[i] = run_idia(handles[i], png_images[3 * i:3 * i + 3], name, decoys=DECOYS,
+                                n_candidates=N_CANDIDATES)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=audit, args=(i, name)) for i, name in enumerate(("Ann Lee", "Bo Kim"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sorted(received) == [len(TEMPLATES), len(TEMPLATES), N_DECOY_PROMPTS]  # own prompts, the set once
+    assert sum(h.misses for h in handles) == N_DECOY_PROMPTS + 2 * (len(TEMPLATES) + 3)
+    assert sum(h.hits for h in handles) == N_DECOY_PROMPTS
+    set_sha = found[0].parameters["decoy_prompts_sha256"]
+    assert found[1].parameters["decoy_prompts_sha256"] == set_sha
+    with session_scope(db_url) as s:
+        items = []
+        for i in (1, 2):
+            run = start_run(s, f"idia-together-{i}", "privacy")
+            assert verify_chain(s, run).ok
+            (item,) = [e for e in run_evidence(s, run) if e.kind == SET_KIND]
+            items.append(item)
+        assert {(e.input_sha256, e.response_sha256) for e in items} == {(set_sha, items[0].response_sha256)}
+        assert sorted(e.cached for e in items) == [False, True]  # one paid for it, one read the cache
+        assert len(read_text_set(s, handles[0].model_version, set_sha)) == N_DECOY_PROMPTS
+
+
 def test_a_store_without_the_set_is_never_answered_from_memory(db_url, clip_model, png_images):
     h1 = _open(db_url, clip_model, "idia-memo-1")
     f1 = run_idia(h1, png_images[:3], "Ann Lee", decoys=DECOYS, n_candidates=N_CANDIDATES)

@@ -16,7 +16,9 @@
   ordered member input and response hashes, each process keeps the embeddings in a small
   memo (:mod:`audit_lib.encoders.text_set_memo`), and a run records the whole set as ONE evidence item (kind ``text-set``: input =
   :func:`member_set_sha256` of the ordered prompt hashes, response = the same digest of the
-  ordered response hashes). :func:`read_text_set` expands it again from the store;
+  ordered response hashes). :func:`read_text_set` expands it again from the store. A set
+  is read and embedded under a store lock of its own (:func:`text_set_lock_name`), so two
+  tasks that reach the same set at once send its misses once;
 - with ``skip_recorded_repeats`` a cached answer that this process already recorded in the
   run's chain (same kind, input and response) is not appended again (EncoderMI's reference
   views are asked for by every pair of a privacy audit).
@@ -77,6 +79,12 @@ def _set_manifest_bytes(inputs: Sequence[str], responses: Sequence[str]) -> byte
     """The manifest row's payload: the raw 32-byte input digests in order, then the
     response digests in the same order."""
     return b"".join(bytes.fromhex(h) for h in inputs) + b"".join(bytes.fromhex(r) for r in responses)
+
+
+def text_set_lock_name(model_version: str, set_sha256: str) -> str:
+    """The name of the store lock (:func:`audit_lib.store.locks.store_lock`) under which a
+    text set of a model version is read and embedded."""
+    return f"text-set:{model_version}:{set_sha256}"
 
 
 def read_text_set(session: Any, model_version: str, set_sha256: str) -> list[tuple[str, str]]:
@@ -219,7 +227,12 @@ class StoreBackedHandle(WrappingHandle):
         reach the model, each recorded as an ordinary ``text`` query), writes the set's
         manifest row and keeps the embeddings in memory; later calls for the same model
         version and prompt list read nothing but the manifest row's key. Every member
-        counts as a hit or a miss, as through :meth:`encode_texts`."""
+        counts as a hit or a miss, as through :meth:`encode_texts`.
+
+        Reading and embedding happen under the store lock of the set
+        (:func:`text_set_lock_name`), so tasks that start on the same set side by side (two
+        chunks of one model on two workers) take turns: the first sends the misses, the
+        next finds them in the query cache."""
         if "text" not in self.capabilities:
             raise NotApplicable("this model has no text embeddings")
         hashes = list(text_hashes(texts))
@@ -234,13 +247,16 @@ class StoreBackedHandle(WrappingHandle):
         if memo is not None and self._record_memo_set(set_sha, memo, when):
             self.hits += n
             return memo.embeddings
-        t0 = time.perf_counter()
-        out, _found, fresh, _lookup_ms, miss_ms = self._answers(
-            hashes, "text", lambda idx: self.inner.encode_texts([str(texts[i]) for i in idx]))
-        resp = [response_sha256(v) for v in out]
-        resp_sha = member_set_sha256(resp)
-        self._store_set(set_sha, hashes, resp, resp_sha, fresh, miss_ms,
-                        (time.perf_counter() - t0) * 1000, when)
+        from audit_lib.store.locks import store_lock
+
+        with store_lock(text_set_lock_name(self._version, set_sha), self.db_url):
+            t0 = time.perf_counter()
+            out, _found, fresh, _lookup_ms, miss_ms = self._answers(
+                hashes, "text", lambda idx: self.inner.encode_texts([str(texts[i]) for i in idx]))
+            resp = [response_sha256(v) for v in out]
+            resp_sha = member_set_sha256(resp)
+            self._store_set(set_sha, hashes, resp, resp_sha, fresh, miss_ms,
+                            (time.perf_counter() - t0) * 1000, when)
         out.setflags(write=False)
         memo_put(key, MemoSet(out, resp_sha))
         return out
