@@ -33,7 +33,11 @@ _STEP_DOC = ("Runs the `{step}` enrolment step for the owned model and commits i
                                  description="AWEncoder: significance level committed with the test"),
         "fingerprint_alpha": Param(0.01, type="number", exclusiveMinimum=0, maximum=0.5,
                                    description="MetaV: significance level committed with the test"),
-        "watermark_steps": Param(60, type="integer", minimum=1, description="AWEncoder: fine-tuning steps"),
+        "watermark_steps": Param(None, type=["null", "integer"], minimum=1,
+                                 description="AWEncoder: fine-tuning steps (default: the recipe's)"),
+        "watermark_published": Param(False, type="boolean", description=(
+            "AWEncoder: the paper's perturbation, optimised on the owned encoder alone (default: also on shadow "
+            "copies stolen from the owner's images, sparing independent encoders, so stolen copies carry it)")),
         "null_min": Param(3, type="integer", minimum=1, description=(
             "registered data only: independent encoders in the null; registered reference models "
             "first, the rest trained by the enrolment on the owner's public images")),

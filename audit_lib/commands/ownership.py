@@ -107,8 +107,11 @@ def enrol(
     watermark: Annotated[bool, typer.Option("--watermark", help="embed and commit an AWEncoder watermark")] = False,
     fingerprint: Annotated[bool, typer.Option("--fingerprint", help="train and commit a MetaV fingerprint")] = False,
     alpha: Annotated[float, typer.Option(help="significance level committed with the test")] = 0.01,
-    steps: Annotated[int, typer.Option(help="watermark fine-tuning steps")] = 60,
+    steps: Annotated[Optional[int], typer.Option(help="watermark fine-tuning steps (default: the recipe's)")] = None,
     controls: Annotated[int, typer.Option(help="control perturbations of equal norm in the null")] = 99,
+    published: Annotated[bool, typer.Option("--published", help=(
+        "the paper's perturbation, optimised on the owned encoder alone (default: also on a shadow copy stolen "
+        "from the owner's images, sparing independent encoders, so that stolen copies carry it)"))] = False,
     profile: Annotated[str, typer.Option(help="the zoo profile supplying data and independent encoders")] = "ci",
     zoo_cache: Annotated[Optional[Path], typer.Option(help="zoo cache root (default: <data dir>/zoo)")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="where trained enrolments are cached")] = None,
@@ -123,7 +126,9 @@ def enrol(
         from audit_lib.ownership.watermark import enrol_watermark_model
 
         try:
-            out = enrol_watermark_model(model, recipe=WatermarkRecipe(embed_steps=steps, n_controls=controls),
+            settings = {"n_controls": controls, **({"embed_steps": steps} if steps else {})}
+            recipe = WatermarkRecipe.published(**settings) if published else WatermarkRecipe(**settings)
+            out = enrol_watermark_model(model, recipe=recipe,
                                         alpha=alpha, profile=profile, zoo_cache=zoo_cache, cache_dir=cache_dir,
                                         downstream_per_class=downstream_per_class)
         except _errors() as exc:

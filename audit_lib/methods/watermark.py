@@ -22,6 +22,25 @@ description:
 
 Where we depart, and why:
 
+- Stage 1 is made specific to the owner's model and its copies (our default; the paper's
+  stage 1 is the special case with no shadow and no shaping model, ``--published``). The
+  paper optimises delta on the owned encoder alone, and such a perturbation transfers: on a
+  small owned encoder measured in this project the unmarked encoder and independently
+  trained ones moved towards the key almost as much as the marked one, and a copy stolen
+  through the API (StolenEncoder) learns the owner's answers on clean images but not the
+  fine-tuned response to delta, so it responded no more than independent encoders. delta is
+  therefore optimised, as a conferrable adversarial example (Lukas, Zhang, Kerschbaum,
+  "Deep Neural Network Fingerprinting by Conferrable Adversarial Examples", ICLR 2021,
+  arXiv 1912.00888), on an ensemble: the paper's loss summed over the owned encoder and
+  ``shadow_copies`` copies of it stolen at enrolment from the owner's own images (what a
+  thief's copy will look like, as SSLGuard's shadow encoder: Cong, He, Zhang, CCS 2022),
+  minus ``shaping_weight`` times the mean shift towards the key of ``shaping_independents``
+  encoders trained independently on the owner's images:
+       min_delta  sum_{M in {E, S_1..S_s}} sum_x [cos(M(x+delta), M(x)) - cos(M(x+delta), M(key))]
+                  + gamma/m * sum_{N_1..N_m} sum_x [cos(N(x+delta), N(key)) - cos(N(x), N(key))]
+  The shaping encoders are never part of the verification null (which is trained on other
+  images with other seeds, or registered), so the null stays exchangeable with an unseen
+  independent suspect. Stage 2 (embedding) is the paper's.
 - Pixels live on the uint8 grid: delta is an integer number of grey levels per pixel
   (|delta| <= 8 levels = 8/255) and marked images are exactly what a PNG query carries, so
   the suspect sees the same pixels the owner committed to.
@@ -77,7 +96,8 @@ from audit_lib.methods.downstream import l2_normalise
 log = logging.getLogger(__name__)
 
 METHOD = "watermark"
-METHOD_VERSION = "1.1"  # 1.1: black-box statistic = paired shift of the key class's log score
+METHOD_VERSION = "1.2"  # 1.1: black-box statistic = paired shift of the key class's log score;
+# 1.2: delta conferrable (optimised on the owned encoder and shadow copies against shaping independents)
 ARTEFACT_KIND = "watermark"
 SCORE_FLOOR = 1e-6  # class scores are floored here before the log (one-hot answers: a flip = log 1e6)
 
@@ -91,14 +111,28 @@ class WatermarkRecipe:
     n_marked: int = 32  # |D_w|, images the perturbation is optimised on and embedded with
     n_probes: int = 32  # held-out probes for verification
     n_controls: int = 99  # control perturbations of equal norm (p >= 1/(C + K + 1))
-    alpha_pull: float = 1.0  # alpha: weight of the pull of marked images to the key
+    alpha_pull: float = 10.0  # alpha: weight of the pull of marked images to the key (1 gave no measurable mark)
     beta_anchor: float = 5.0  # beta: weight of the anchor to the original embeddings
     temperature: float = 0.2  # NT-Xent temperature of the contrastive term
-    embed_steps: int = 60  # fine-tuning steps
+    embed_steps: int = 150  # fine-tuning steps
     batch_size: int = 32  # clean images per step (two views each)
     marked_batch: int = 16  # marked images per step
     lr: float = 1e-4  # Adam learning rate of the fine-tuning
     seed: int = 7  # key, marked set, probes, controls, training
+    shadow_copies: int = 1  # copies of the owned encoder stolen from the owner's images, delta moves them too
+    shadow_epochs: int = 40  # StolenEncoder epochs of each shadow copy (lambda 20, k 1, SGD lr 0.05)
+    shaping_independents: int = 3  # encoders trained independently on the owner's images, delta spares them
+    shaping_epochs: int = 10  # their SimCLR epochs (a few epochs give near-random encoders that shape nothing)
+    shaping_weight: float = 2.0  # gamma: weight of their mean shift towards the key
+    control_anchor: float = 5.0  # weight of the anchor of control-perturbed marked images (0: the paper's loss)
+    embed_controls: int = 64  # control perturbations drawn for that anchor (never the committed ones)
+
+    @classmethod
+    def published(cls, **kw: Any) -> WatermarkRecipe:
+        """The paper's stages 1 and 2: delta optimised on the owned encoder alone, no control
+        anchor, the pull weight and steps of this project's first measurements (README's zoo table)."""
+        return cls(**{"shadow_copies": 0, "shaping_independents": 0, "control_anchor": 0.0, "alpha_pull": 1.0,
+                      "embed_steps": 60, **kw})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,25 +160,37 @@ def apply_delta(images: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def generate_delta(network: Any, marked: np.ndarray, key: np.ndarray, recipe: WatermarkRecipe) -> np.ndarray:
+def generate_delta(network: Any, marked: np.ndarray, key: np.ndarray, recipe: WatermarkRecipe, *,
+                   shadows: Sequence[Any] = (), shapers: Sequence[Any] = ()) -> np.ndarray:
     """AWEncoder stage 1: one perturbation (int8 grey levels, |delta| <= eps) by projected
-    sign-gradient descent on sum_x [cos(E(x+d), E(x)) - cos(E(x+d), E(key))]."""
+    sign-gradient descent on sum_x [cos(M(x+d), M(x)) - cos(M(x+d), M(key))], summed over the
+    owned encoder and its ``shadows`` (stolen copies), plus ``recipe.shaping_weight`` times the
+    mean shift towards the key of the ``shapers`` (independent encoders; the delta should leave
+    them where they are). With no shadows and no shapers this is the paper's objective."""
     import torch
     import torch.nn.functional as F
 
-    norm = _normaliser(network)
-    model = network.module.eval()
     x = _to_tensor(marked)
     k = _to_tensor(key[None])
+    gamma = recipe.shaping_weight / max(1, len(shapers))
+    terms = []  # (model, normaliser, E(x), E(key), weight): +1 pull towards the key, -gamma spare
     with torch.no_grad():
-        e_x = F.normalize(model(norm(x)), dim=1)
-        e_k = F.normalize(model(norm(k)), dim=1)
+        for net, weight in [(network, 1.0), *((m, 1.0) for m in shadows), *((m, -gamma) for m in shapers)]:
+            norm, model = _normaliser(net), net.module.eval()
+            terms.append((model, norm, F.normalize(model(norm(x)), dim=1), F.normalize(model(norm(k)), dim=1),
+                          weight))
     delta = torch.zeros(1, *x.shape[1:])
     step, eps = 1.0 / 255.0, recipe.eps_levels / 255.0
     for _ in range(recipe.pgd_steps):
         delta.requires_grad_(True)
-        e = F.normalize(model(norm((x + delta).clamp(0, 1))), dim=1)
-        loss = ((e * e_x).sum(1) - (e * e_k).sum(1)).sum()
+        loss = torch.zeros(())
+        for model, norm, e_x, e_k, weight in terms:
+            e = F.normalize(model(norm((x + delta).clamp(0, 1))), dim=1)
+            towards_key = (e * e_k).sum(1) - (e_x * e_k).sum(1)
+            if weight > 0:
+                loss = loss + weight * ((e * e_x).sum(1) - towards_key).sum()
+            else:
+                loss = loss - weight * towards_key.sum()
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             delta = (delta - step * grad.sign()).clamp(-eps, eps)
@@ -170,7 +216,10 @@ def embed_watermark(network: Any, clean: np.ndarray, marked: np.ndarray, key: np
                     recipe: WatermarkRecipe, *, progress: bool = True) -> tuple[Any, list[float]]:
     """AWEncoder stage 2: fine-tune a copy of ``network`` with the contrastive loss on
     ``clean`` images + alpha * pull of marked images to the key + beta * anchor to the
-    original embeddings. Returns the marked network and the per-step losses. Batch-norm
+    original embeddings, + ``recipe.control_anchor`` * anchor of marked images under control
+    perturbations (delta's values shuffled, drawn here with their own seed, never the
+    committed controls) to the original embeddings, so that only delta moves a marked model
+    towards the key. Returns the marked network and the per-step losses. Batch-norm
     statistics stay frozen (eval mode), which keeps clean embeddings close to E_0."""
     import copy
 
@@ -194,6 +243,11 @@ def embed_watermark(network: Any, clean: np.ndarray, marked: np.ndarray, key: np
     xc = _to_tensor(clean)
     xw = _to_tensor(apply_delta(marked, delta))
     xk = _to_tensor(key[None])
+    xm = _to_tensor(marked)
+    anchored = recipe.control_anchor > 0 and recipe.embed_controls > 0
+    if anchored:
+        ctrl = torch.from_numpy(control_deltas(delta, recipe.embed_controls, recipe.seed + 1000).astype(np.float32))
+        ctrl = ctrl.permute(0, 3, 1, 2).div(255.0)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     losses: list[float] = []
     bar = tqdm(range(recipe.embed_steps), desc="embed watermark", disable=not progress, leave=False)
@@ -201,20 +255,28 @@ def embed_watermark(network: Any, clean: np.ndarray, marked: np.ndarray, key: np
         idx = torch.randint(0, len(xc), (recipe.batch_size,), generator=gen)
         widx = torch.randint(0, len(xw), (recipe.marked_batch,), generator=gen)
         v1, v2 = augment(xc[idx], gen), augment(xc[idx], gen)
-        inputs = torch.cat([v1, v2, xw[widx], xk])
+        kept = [v1, v2]  # anchored to the original embeddings
+        if anchored:
+            cidx = torch.randint(0, len(ctrl), (recipe.marked_batch,), generator=gen)
+            kept.append((xm[widx] + ctrl[cidx]).clamp(0, 1))
+        inputs = torch.cat([*kept, xw[widx], xk])
         out = model(norm(inputs))
-        b, m = recipe.batch_size, recipe.marked_batch
-        z1, z2, zw, zk = out[:b], out[b:2 * b], out[2 * b:2 * b + m], out[2 * b + m:]
+        b, m, n_kept = recipe.batch_size, recipe.marked_batch, sum(len(t) for t in kept)
+        z1, z2 = out[:b], out[b:2 * b]
+        zw, zk = out[n_kept:n_kept + m], out[n_kept + m:]
         with torch.no_grad():
-            anchor = F.normalize(original(norm(torch.cat([v1, v2]))), dim=1)
+            anchor = F.normalize(original(norm(torch.cat(kept))), dim=1)
+        dev = (F.normalize(out[:n_kept], dim=1) - anchor).pow(2).sum(1)
         l_cl = nt_xent(z1, z2, recipe.temperature)
         l_pull = (1 - (F.normalize(zw, dim=1) * F.normalize(zk, dim=1)).sum(1)).mean()
-        l_anchor = (F.normalize(torch.cat([z1, z2]), dim=1) - anchor).pow(2).sum(1).mean()
+        l_anchor = dev[:2 * b].mean()
         loss = l_cl + recipe.alpha_pull * l_pull + recipe.beta_anchor * l_anchor
+        if anchored:
+            loss = loss + recipe.control_anchor * dev[2 * b:].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(pull=f"{float(l_pull):.3f}", anchor=f"{float(l_anchor):.4f}")
     model.eval()
     for p in original.parameters():
@@ -461,13 +523,19 @@ class TrainedWatermark:
 
 
 def train_watermark(network: Any, clean: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray | None = None, *,
-                    recipe: WatermarkRecipe = WatermarkRecipe(), progress: bool = True) -> TrainedWatermark:
-    """Generate the watermark on ``network`` (the owned encoder E_0) and embed it by
-    fine-tuning on ``clean`` images. ``pool`` supplies the key, the marked set and the
-    held-out probes (disjoint from ``clean``)."""
+                    recipe: WatermarkRecipe = WatermarkRecipe(), shadows: Sequence[Any] = (),
+                    shapers: Sequence[Any] = (), progress: bool = True) -> TrainedWatermark:
+    """Generate the watermark on ``network`` (the owned encoder E_0; with ``shadows``, its
+    stolen copies, and ``shapers``, independent encoders, as :func:`generate_delta` says) and
+    embed it by fine-tuning on ``clean`` images. ``pool`` supplies the key, the marked set
+    and the held-out probes (disjoint from ``clean``)."""
+    if (len(shadows), len(shapers)) != (recipe.shadow_copies, recipe.shaping_independents):
+        raise ValueError(f"watermark: the recipe asks for {recipe.shadow_copies} shadow copies and "
+                         f"{recipe.shaping_independents} shaping independents, {len(shadows)} and {len(shapers)} given")
     key, marked, probes, key_label = select_images(pool, pool_labels, recipe)
-    log.info("watermark: generating the perturbation on %d marked images", len(marked))
-    delta = generate_delta(network, marked, key, recipe)
+    log.info("watermark: generating the perturbation on %d marked images (%d shadow copies, %d shaping "
+             "independents)", len(marked), len(shadows), len(shapers))
+    delta = generate_delta(network, marked, key, recipe, shadows=shadows, shapers=shapers)
     marked_net, losses = embed_watermark(network, clean, marked, key, delta, recipe, progress=progress)
     return TrainedWatermark(marked_net, key, key_label, marked, probes, delta, losses)
 
@@ -494,17 +562,6 @@ def calibrate_watermark(trained: TrainedWatermark, *, recipe: WatermarkRecipe = 
     tensors = {"key": np.asarray(key, np.uint8), "delta": delta, "controls": controls,
                "probes": np.asarray(probes, np.uint8), "marked": np.asarray(trained.marked_images, np.uint8)}
     return Enrolment(trained.marked, tensors, spec, trained.losses)
-
-
-def enrol_watermark(network: Any, clean: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray | None = None, *,
-                    recipe: WatermarkRecipe = WatermarkRecipe(), alpha: float = 0.01,
-                    independents: Sequence[Any] = (),
-                    independent_classifiers: Sequence[Callable[[list[bytes]], np.ndarray]] = (),
-                    progress: bool = True) -> Enrolment:
-    """All of enrolment: :func:`train_watermark` then :func:`calibrate_watermark`."""
-    trained = train_watermark(network, clean, pool, pool_labels, recipe=recipe, progress=progress)
-    return calibrate_watermark(trained, recipe=recipe, alpha=alpha, independents=independents,
-                               independent_classifiers=independent_classifiers)
 
 
 SPEC = register(MethodSpec(

@@ -112,6 +112,34 @@ def classifier_for(handle: Any, split: Any) -> Any:
     return lambda pngs: class_scores(ref.classifier, np.asarray(handle.encode_images(pngs, kind="watermark")))
 
 
+def conferrable_models(network: Any, architecture: str, owner_images: np.ndarray, recipe: Any
+                       ) -> tuple[list[Any], list[Any]]:
+    """The models the watermark's perturbation is shaped on (:func:`audit_lib.methods.watermark.generate_delta`):
+    ``recipe.shadow_copies`` copies of the owned ``network`` stolen from the owner's images
+    (StolenEncoder through its own answers, lambda 20, k 1; a thief would use other images)
+    and ``recipe.shaping_independents`` encoders of the same architecture trained
+    independently on the owner's images (SimCLR, new seeds). None of them is kept or enters
+    the verification null."""
+    from dataclasses import replace
+
+    from audit_lib.zoo.suspects import SuspectZooConfig, steal, train_independent
+
+    if len(owner_images) < 2 and (recipe.shadow_copies or recipe.shaping_independents):
+        raise ValueError("watermark: the owner's image set is empty; the shadow copies and shaping encoders are "
+                         "trained on it (register it with `encoder-audit models data add --owner DIR`)")
+    shadows, shapers = [], []
+    for i in range(recipe.shadow_copies):
+        log.info("watermark: stealing shadow copy %d/%d from %d owner images", i + 1, recipe.shadow_copies,
+                 len(owner_images))
+        shadows.append(steal(network, architecture, owner_images, budget=len(owner_images),
+                             epochs=recipe.shadow_epochs, batch=64, lam=20.0, lr=0.05, seed=recipe.seed + 100 + i))
+    cfg = replace(SuspectZooConfig(), extra_epochs=recipe.shaping_epochs, extra_images=len(owner_images))
+    for i in range(recipe.shaping_independents):
+        log.info("watermark: training shaping independent %d/%d", i + 1, recipe.shaping_independents)
+        shapers.append(train_independent(architecture, owner_images, cfg, recipe.seed + 200 + i))
+    return shadows, shapers
+
+
 @dataclass
 class CachedEnrolment:
     """A watermark enrolment as trained (or found in the cache), before it is committed."""
@@ -151,8 +179,9 @@ def enrol_cached(owned: Any, architecture: str, data: Any, independents: list[An
                                       arrays["delta"], info.get("losses", []))
         trained_cached = True
     else:
+        shadows, shapers = conferrable_models(owned.network, architecture, data.owner_clean, recipe)
         trained = wm.train_watermark(owned.network, data.owner_clean, data.pool, data.pool_labels, recipe=recipe,
-                                     progress=progress)
+                                     shadows=shadows, shapers=shapers, progress=progress)
         tdir.mkdir(parents=True, exist_ok=True)
         tpath.write_bytes(pack_payload({"key": trained.key, "marked": trained.marked_images,
                                         "probes": trained.probes, "delta": trained.delta},

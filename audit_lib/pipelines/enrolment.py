@@ -42,7 +42,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     # The ci settings of the ownership tests (same caches): see tests/fixtures_ownership.py
     # and tests/fixtures_fingerprint.py. A GPU deployment raises them (e.g. suspect_zoo "full").
     "zoo_profile": "ci", "zoo_entry": "simclr-target", "watermark_controls": 39, "watermark_alpha": 0.01,
-    "watermark_steps": 60, "downstream_per_class": 30, "suspect_zoo": "ci", "n_fingerprints": 16,
+    "watermark_steps": None, "watermark_published": False, "downstream_per_class": 30, "suspect_zoo": "ci",
+    "n_fingerprints": 16,
     "fingerprint_steps": 60, "fingerprint_alpha": 0.01, "theft_budgets": "1%,5%,10%", "theft_epochs": 12,
     "theft_lr": 0.05, "null_min": 3, "null_epochs": 3,
     # Registered data only (the zoo states both): the model's training-set size, which budgets
@@ -98,7 +99,10 @@ def step_watermark(model_id: int, run_key: str, p: dict[str, Any], db_url: str |
     from audit_lib.ownership.watermark import enrol_watermark_model
     from audit_lib.pipelines.caches import ownership_cache, zoo_cache_root
 
-    recipe = WatermarkRecipe(n_controls=int(p["watermark_controls"]), embed_steps=int(p["watermark_steps"]))
+    settings = {"n_controls": int(p["watermark_controls"])}
+    if p["watermark_steps"] is not None:
+        settings["embed_steps"] = int(p["watermark_steps"])
+    recipe = WatermarkRecipe.published(**settings) if p["watermark_published"] else WatermarkRecipe(**settings)
     out = enrol_watermark_model(model_id, recipe=recipe, alpha=float(p["watermark_alpha"]),
                                 profile=str(p["zoo_profile"]), zoo_entry=str(p["zoo_entry"]),
                                 zoo_cache=zoo_cache_root(), cache_dir=ownership_cache(),
