@@ -26,9 +26,13 @@ THEFT_LR = 0.05
 
 
 def ci_watermark_recipe():  # noqa: ANN201
+    """The paper's stages on the ci zoo's target (the README's zoo tables). Measured with the
+    conferrable default on this 64-image target: accuracy 0.327 against 0.363 unmarked (over
+    the 0.02 bound) and the black-box check negative; the default is tested on the owner's
+    encoder (tests/test_owner_ownership.py)."""
     from audit_lib.methods.watermark import WatermarkRecipe
 
-    return WatermarkRecipe(n_controls=CI_CONTROLS)
+    return WatermarkRecipe.published(n_controls=CI_CONTROLS)
 
 
 def ci_steal_recipe():  # noqa: ANN201

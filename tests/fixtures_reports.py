@@ -320,8 +320,8 @@ def zoo_watermark_recipe():  # noqa: ANN201 - WatermarkRecipe
     training is cached under var/ownership-cache like the ownership tests' own."""
     from audit_lib.methods.watermark import WatermarkRecipe
 
-    return WatermarkRecipe(pgd_steps=10, n_marked=16, n_probes=16, n_controls=19, embed_steps=10,
-                           batch_size=16, marked_batch=8)
+    return WatermarkRecipe.published(pgd_steps=10, n_marked=16, n_probes=16, n_controls=19, embed_steps=10,
+                                     batch_size=16, marked_batch=8)
 
 
 @contextmanager

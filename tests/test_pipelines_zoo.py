@@ -123,7 +123,7 @@ def test_enrolment_then_ownership_audit_on_the_ci_zoo(airflow_dags, zoo_store, w
     ids = register_ownership(zoo_store)
     owned = ids["acme-encoder"]
     conf = {"model_id": owned, "skip_steps": ["theft_risk"], "n_fingerprints": CI_FINGERPRINTS,
-            "fingerprint_steps": CI_STEPS, "watermark_controls": CI_CONTROLS}
+            "fingerprint_steps": CI_STEPS, "watermark_controls": CI_CONTROLS, "watermark_published": True}
     from audit_lib.pipelines.enrolment import DEFAULT_PARAMS
 
     assert (DEFAULT_PARAMS["watermark_alpha"], DEFAULT_PARAMS["downstream_per_class"]) == (CI_ALPHA,
