@@ -75,12 +75,13 @@ def evidence_reports():
 
         from airflow.sdk import get_current_context
 
+        from audit_lib.pipelines.context import run_params
         from audit_lib.pipelines.summary import pending_cases
 
         ctx = get_current_context()
         events = ctx.get("triggering_asset_events") or {}
         n_events = sum(len(v) for v in events.values()) if hasattr(events, "values") else 0
-        requested = (ctx.get("params") or {}).get("cases")
+        requested = run_params(ctx).get("cases")
         if requested:
             bad = [c for c in requested if not re.fullmatch(r"subject:\d+|ownership:\d+:\d+|run:\S+", str(c))]
             if bad:
