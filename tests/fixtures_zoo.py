@@ -1,6 +1,6 @@
 """The reference zoo for tests: ``ci_zoo`` builds the ``ci`` profile once per machine.
 
-It is cached in ``AUDIT_ZOO_CACHE`` (default ``/work/main/var/zoo-cache``), outside the
+It is cached in ``AUDIT_ZOO_CACHE`` (default ``var/zoo-cache`` in the checkout), outside the
 per-test ``AUDIT_DATA_DIR``, so later sessions reuse it (a few seconds to check hashes).
 The first build takes minutes on 2 CPU cores; concurrent sessions wait on a file lock.
 
