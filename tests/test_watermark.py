@@ -358,7 +358,8 @@ def test_cli_enrol_and_verify_commit_before_querying(db_url, ownership_zoo, wate
                            architecture=indep.architecture, weights_path=Path(indep.weights_path))
     zoo_cache = str(Path(ownership_zoo.root).parent)
     runner = CliRunner()
-    res = runner.invoke(app, ["enrol", "--model", "owned-simclr", "--watermark", "--published", "--alpha", str(CI_ALPHA),
+    res = runner.invoke(app, ["enrol", "--model", "owned-simclr", "--watermark", "--published",
+                              "--alpha", str(CI_ALPHA),
                               "--controls", str(CI_CONTROLS), "--zoo-cache", zoo_cache,
                               "--cache-dir", str(OWNERSHIP_CACHE), "--downstream-per-class",
                               str(DOWNSTREAM_PER_CLASS)])
