@@ -126,8 +126,7 @@ def enrol(
         from audit_lib.ownership.watermark import enrol_watermark_model
 
         try:
-            settings = {"n_controls": controls, **({"embed_steps": steps} if steps else {})}
-            recipe = WatermarkRecipe.published(**settings) if published else WatermarkRecipe(**settings)
+            recipe = WatermarkRecipe.chosen(published=published, n_controls=controls, embed_steps=steps)
             out = enrol_watermark_model(model, recipe=recipe,
                                         alpha=alpha, profile=profile, zoo_cache=zoo_cache, cache_dir=cache_dir,
                                         downstream_per_class=downstream_per_class)

@@ -127,13 +127,14 @@ def conferrable_models(network: Any, architecture: str, owner_images: np.ndarray
     if len(owner_images) < 2 and (recipe.shadow_copies or recipe.shaping_independents):
         raise ValueError("watermark: the owner's image set is empty; the shadow copies and shaping encoders are "
                          "trained on it (register it with `encoder-audit models data add --owner DIR`)")
+    cfg = replace(SuspectZooConfig(), extra_epochs=recipe.shaping_epochs, extra_images=len(owner_images))
     shadows, shapers = [], []
     for i in range(recipe.shadow_copies):
         log.info("watermark: stealing shadow copy %d/%d from %d owner images", i + 1, recipe.shadow_copies,
                  len(owner_images))
         shadows.append(steal(network, architecture, owner_images, budget=len(owner_images),
-                             epochs=recipe.shadow_epochs, batch=64, lam=20.0, lr=0.05, seed=recipe.seed + 100 + i))
-    cfg = replace(SuspectZooConfig(), extra_epochs=recipe.shaping_epochs, extra_images=len(owner_images))
+                             epochs=recipe.shadow_epochs, batch=cfg.batch_size, lam=cfg.steal_lambda, lr=cfg.steal_lr,
+                             seed=recipe.seed + 100 + i))
     for i in range(recipe.shaping_independents):
         log.info("watermark: training shaping independent %d/%d", i + 1, recipe.shaping_independents)
         shapers.append(train_independent(architecture, owner_images, cfg, recipe.seed + 200 + i))

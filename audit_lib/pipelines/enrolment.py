@@ -99,10 +99,8 @@ def step_watermark(model_id: int, run_key: str, p: dict[str, Any], db_url: str |
     from audit_lib.ownership.watermark import enrol_watermark_model
     from audit_lib.pipelines.caches import ownership_cache, zoo_cache_root
 
-    settings = {"n_controls": int(p["watermark_controls"])}
-    if p["watermark_steps"] is not None:
-        settings["embed_steps"] = int(p["watermark_steps"])
-    recipe = WatermarkRecipe.published(**settings) if p["watermark_published"] else WatermarkRecipe(**settings)
+    recipe = WatermarkRecipe.chosen(published=bool(p["watermark_published"]),
+                                    n_controls=int(p["watermark_controls"]), embed_steps=p.get("watermark_steps"))
     out = enrol_watermark_model(model_id, recipe=recipe, alpha=float(p["watermark_alpha"]),
                                 profile=str(p["zoo_profile"]), zoo_entry=str(p["zoo_entry"]),
                                 zoo_cache=zoo_cache_root(), cache_dir=ownership_cache(),
