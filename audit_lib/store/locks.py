@@ -17,9 +17,7 @@ when two chunks of the same model start side by side (:mod:`audit_lib.encoders.c
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -51,9 +49,7 @@ def store_lock(name: str, url: str | None = None) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
-    fd = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    from audit_lib.file_locks import file_lock
+
+    with file_lock(f"{database}.lock"):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

@@ -18,7 +18,6 @@ trains an entry twice. An entry with the same config hash cached under another p
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -91,17 +90,11 @@ def cache_lock(root: Path, name: str = "", *, wait: bool = True) -> Iterator[boo
     """Hold ``root/.NAME.lock`` (``root/.lock`` for the manifest), a cross-process file lock
     around building one cached artefact (zoo entries, suspect zoos). Yields False, holding
     nothing, when ``wait`` is False and another process holds the lock."""
+    from audit_lib.file_locks import file_lock
+
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / (f".{name}.lock" if name else ".lock"), "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(root / (f".{name}.lock" if name else ".lock"), wait=wait) as held:
+        yield held
 
 
 def _cached(entry_dir: Path, chash: str) -> dict[str, Any] | None:
